@@ -1,0 +1,158 @@
+"""The Recommender contract, model configs, top-k selection and artifact save/load.
+
+Every model is built from a frozen pydantic config; learning happens in ``fit`` and learned
+state lives in attributes ending in ``_``. Artifacts are a directory with ``manifest.json``
+and ``weights.safetensors``; nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict
+from safetensors.numpy import load_file, save_file
+
+from recloop.data.split import Split
+from recloop.data.types import Catalog, Exclusions, Interactions, Queries, Users
+from recloop.errors import ConfigError, RecloopError
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+FORMAT_VERSION = 1
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's hyper-parameters: frozen, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@runtime_checkable
+class Recommender(Protocol):
+    """What every model provides. Orientation is always users × items."""
+
+    config: ModelConfig
+
+    def fit(
+        self,
+        data: Split | Interactions,
+        catalog: Catalog | None = None,
+        users: Users | None = None,
+    ) -> Self: ...
+
+    def recommend(
+        self, queries: Queries, k: int, exclude: Exclusions | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def save(self, path: Path) -> None: ...
+
+    @classmethod
+    def load(cls, path: Path) -> Self: ...
+
+
+def train_interactions(data: Split | Interactions) -> Interactions:
+    """The interactions a model may learn from: a split's train part, or the data itself."""
+    return data.train if isinstance(data, Split) else data
+
+
+def top_k(
+    scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` item indices and scores per row, best first.
+
+    Excluded items (a queries × items CSR) and non-finite scores are never returned; short
+    lists are padded with item −1 and score −inf. Ties go to the lower item index.
+    """
+    if k <= 0:
+        raise ConfigError(f"k must be positive, not {k}")
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    n, n_items = scores.shape
+    if exclude is not None and exclude.nnz:
+        ex = exclude if exclude.shape[1] == n_items else exclude[:, :n_items]
+        rows = np.repeat(np.arange(n), np.diff(ex.indptr))
+        scores[rows, ex.indices] = -np.inf
+    scores[~np.isfinite(scores)] = -np.inf
+    kk = min(k, n_items)
+    if kk < n_items:
+        # argpartition on negated scores; ties are resolved below by a stable full sort of the
+        # candidates, but a tie straddling the partition boundary needs the threshold rule
+        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
+        # every item scoring strictly above kth is in; fill the rest with lowest-index ties
+        above = scores > kth
+        tied = scores == kth
+        tie_rank = np.cumsum(tied, axis=1)
+        need = kk - above.sum(axis=1, keepdims=True)
+        chosen = above | (tied & (tie_rank <= need))
+        cand = np.flatnonzero(chosen.ravel()).reshape(n, kk) % n_items
+    else:
+        cand = np.tile(np.arange(n_items), (n, 1))
+    cand_scores = np.take_along_axis(scores, cand, axis=1)
+    order = np.lexsort((cand, -cand_scores), axis=1)
+    items = np.take_along_axis(cand, order, axis=1).astype(np.int64)
+    top = np.take_along_axis(cand_scores, order, axis=1)
+    items[~np.isfinite(top)] = -1
+    if kk < k:
+        items = np.pad(items, ((0, 0), (0, k - kk)), constant_values=-1)
+        top = np.pad(top, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+    return items, top.astype(np.float32)
+
+
+def exclusion_matrix(
+    queries: Queries, exclude: Exclusions | None, n_items: int
+) -> sp.csr_matrix:
+    """The CSR of items each query may not get: ``exclude`` if given, else its history."""
+    ex = exclude if exclude is not None else Exclusions.from_history(queries)
+    if len(ex) != len(queries):
+        raise ConfigError(f"{len(ex)} exclusion rows for {len(queries)} queries")
+    return ex.to_csr(n_items)
+
+
+def write_artifact(
+    path: Path,
+    model: str,
+    config: ModelConfig,
+    arrays: dict[str, np.ndarray],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Save weights as safetensors and everything else as a JSON manifest."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / WEIGHTS))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "config": config.model_dump(mode="json"),
+        **(extra or {}),
+    }
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def read_artifact(path: Path, model: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Load a manifest and weights written by :func:`write_artifact`, checking the model."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise RecloopError(f"{path}: no {MANIFEST}; not a recloop model directory") from None
+    except json.JSONDecodeError as exc:
+        raise RecloopError(f"{path / MANIFEST}: invalid JSON ({exc})") from None
+    if manifest.get("model") != model:
+        raise RecloopError(f"{path}: holds a {manifest.get('model')!r} model, not {model!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise RecloopError(f"{path}: unsupported format_version {manifest.get('format_version')}")
+    return manifest, load_file(str(path / WEIGHTS))
+
+
+class FittedState:
+    """Mixin with the check every model runs before recommending."""
+
+    _fitted_attr: ClassVar[str] = "n_items_"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, self._fitted_attr):
+            raise RecloopError(f"{type(self).__name__} is not fitted; call fit() first")
