@@ -35,7 +35,8 @@ class ModelConfig(BaseModel):
 class Recommender(Protocol):
     """What every model provides. Orientation is always users × items."""
 
-    config: ModelConfig
+    @property
+    def config(self) -> ModelConfig: ...
 
     def fit(
         self,
@@ -85,9 +86,12 @@ def top_k(
         # every item scoring strictly above kth is in; fill the rest with lowest-index ties
         above = scores > kth
         tied = scores == kth
-        tie_rank = np.cumsum(tied, axis=1)
-        need = kk - above.sum(axis=1, keepdims=True)
-        chosen = above | (tied & (tie_rank <= need))
+        need = kk - above.sum(axis=1)
+        chosen = above | tied
+        crowded = np.flatnonzero(tied.sum(axis=1) > need)  # ties straddle the cut-off
+        if len(crowded):
+            tie_rank = np.cumsum(tied[crowded], axis=1)
+            chosen[crowded] = above[crowded] | (tied[crowded] & (tie_rank <= need[crowded, None]))
         cand = np.flatnonzero(chosen.ravel()).reshape(n, kk) % n_items
     else:
         cand = np.tile(np.arange(n_items), (n, 1))
@@ -102,9 +106,7 @@ def top_k(
     return items, top.astype(np.float32)
 
 
-def exclusion_matrix(
-    queries: Queries, exclude: Exclusions | None, n_items: int
-) -> sp.csr_matrix:
+def exclusion_matrix(queries: Queries, exclude: Exclusions | None, n_items: int) -> sp.csr_matrix:
     """The CSR of items each query may not get: ``exclude`` if given, else its history."""
     ex = exclude if exclude is not None else Exclusions.from_history(queries)
     if len(ex) != len(queries):
@@ -148,11 +150,112 @@ def read_artifact(path: Path, model: str) -> tuple[dict[str, Any], dict[str, np.
     return manifest, load_file(str(path / WEIGHTS))
 
 
-class FittedState:
-    """Mixin with the check every model runs before recommending."""
+POPULAR_SOURCE = "popular"
 
-    _fitted_attr: ClassVar[str] = "n_items_"
+
+class ScoringRecommender:
+    """Shared body of models that score the whole catalogue.
+
+    Subclasses set ``config_class``, implement ``_fit`` (learn from positive train rows),
+    ``_score`` (queries × items, higher is better) and the ``_state``/``_set_state`` pair that
+    lists their learned arrays for save/load. This class handles exclusions, top-k, artifacts
+    and the one allowed fallback: a query with an *empty history* gets train popularity,
+    labelled ``source="popular"`` by :meth:`recommend_labelled`. Unknown users (−1) with a
+    history are scored by the model itself, never by popularity.
+    """
+
+    config_class: ClassVar[type[ModelConfig]]
+    config: ModelConfig
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                f"not {type(self.config).__name__}"
+            )
+
+    # -- subclass hooks -------------------------------------------------------------
+    def _fit(self, train: Interactions, catalog: Catalog | None, users: Users | None) -> None:
+        raise NotImplementedError
+
+    def _score(self, queries: Queries) -> np.ndarray:
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+        return None
+
+    # -- the contract -----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def fit(
+        self,
+        data: Split | Interactions,
+        catalog: Catalog | None = None,
+        users: Users | None = None,
+    ) -> Self:
+        train = train_interactions(data).positive()
+        self.n_users_ = train.n_users
+        self.n_items_ = train.n_items
+        self.popularity_ = np.asarray(train.to_csr().sum(axis=0), dtype=np.float32).ravel()
+        self._fit(train, catalog, users)
+        return self
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, self._fitted_attr):
-            raise RecloopError(f"{type(self).__name__} is not fitted; call fit() first")
+        if not hasattr(self, "n_items_"):
+            raise RecloopError(f"{self.name} is not fitted; call fit() first")
+
+    def _check_queries(self, queries: Queries) -> None:
+        if len(queries.history_items) and int(queries.history_items.max()) >= self.n_items_:
+            raise RecloopError(
+                f"{self.name}: a query history names item index "
+                f"{int(queries.history_items.max())}, beyond the {self.n_items_} items it knows"
+            )
+
+    def score(self, queries: Queries) -> np.ndarray:
+        """Scores for every item (queries × items); empty histories get popularity."""
+        self._check_fitted()
+        self._check_queries(queries)
+        scores = np.asarray(self._score(queries), dtype=np.float32)
+        empty = queries.history_lengths() == 0
+        if empty.any():
+            scores = scores.copy() if not scores.flags.writeable else scores
+            scores[empty] = self.popularity_
+        return scores
+
+    def recommend(
+        self, queries: Queries, k: int, exclude: Exclusions | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        items, scores, _ = self.recommend_labelled(queries, k, exclude)
+        return items, scores
+
+    def recommend_labelled(
+        self, queries: Queries, k: int, exclude: Exclusions | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Like :meth:`recommend`, plus the source of each row: the model or ``popular``."""
+        items, scores = top_k(
+            self.score(queries), k, exclusion_matrix(queries, exclude, self.n_items_)
+        )
+        source = np.where(queries.history_lengths() == 0, POPULAR_SOURCE, self.name)
+        return items, scores, source.astype(object)
+
+    def save(self, path: Path) -> None:
+        self._check_fitted()
+        arrays = {"popularity": self.popularity_, **self._state()}
+        extra = {"n_users": self.n_users_, "n_items": self.n_items_}
+        write_artifact(path, self.name, self.config, arrays, extra)
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        manifest, arrays = read_artifact(path, cls.__name__)
+        model = cls(cls.config_class(**manifest["config"]))
+        model.n_users_ = int(manifest["n_users"])
+        model.n_items_ = int(manifest["n_items"])
+        model.popularity_ = arrays.pop("popularity")
+        model._set_state(arrays, manifest)
+        return model

@@ -1,0 +1,197 @@
+"""The ``recloop`` command line: quickstart, data inspection, and (later) train/evaluate/serve.
+
+A user mistake (bad file, bad option) prints one line to stderr and exits with code 2; a
+traceback always means a bug in recloop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from recloop.errors import RecloopError
+
+app = typer.Typer(
+    name="recloop",
+    help="Generative recommendation with honest benchmarks and a feedback loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect and validate data files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console(width=None if sys.stdout.isatty() else 120)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def user_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn a :class:`RecloopError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except RecloopError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or exc.title
+            typer.echo(f"error: {exc.title} field '{where}': {err['msg']}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+@app.command()
+def version() -> None:
+    """Print the recloop version."""
+    from recloop import __version__
+
+    typer.echo(__version__)
+
+
+@data_app.command("info")
+@user_errors
+def data_info(
+    path: Path = typer.Argument(..., help="a data file, or a folder (RecBole or MovieLens)"),
+    as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
+) -> None:
+    """Load PATH, validate it, and print what it holds."""
+    from recloop.data.loaders import load_dataset
+
+    dataset = load_dataset(path)
+    summary = describe(dataset)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"{dataset.name} ({path})", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def describe(dataset: Any) -> dict[str, Any]:
+    """A flat summary of a :class:`~recloop.data.Dataset` for ``recloop data info``."""
+    from recloop.data import EventKind
+
+    inter = dataset.interactions
+    n = len(inter)
+    active_users = int((inter.user_counts() > 0).sum())
+    active_items = int((inter.item_counts() > 0).sum())
+    kinds = np.bincount(inter.event.astype(np.int64), minlength=len(EventKind))
+    summary: dict[str, Any] = {
+        "name": dataset.name,
+        "interactions": n,
+        "users": inter.n_users,
+        "items": inter.n_items,
+        "users with interactions": active_users,
+        "items with interactions": active_items,
+        "density": round(n / max(1, active_users * active_items), 6),
+        "events": {k.name.lower(): int(kinds[k]) for k in EventKind if kinds[k]},
+    }
+    if n:
+        summary["first timestamp"] = int(inter.timestamp.min())
+        summary["last timestamp"] = int(inter.timestamp.max())
+        summary["value range"] = [float(inter.value.min()), float(inter.value.max())]
+    if dataset.catalog is not None:
+        summary["catalog attributes"] = sorted(dataset.catalog.attributes)
+    if dataset.users is not None:
+        summary["user attributes"] = sorted(dataset.users.attributes)
+    return summary
+
+
+QUICKSTART_MODELS = ("Popular",)
+
+
+@app.command()
+@user_errors
+def quickstart(
+    out: Path = typer.Option(Path("reports/quickstart"), help="where the results go"),
+    seed: int = typer.Option(0, help="split and model seed"),
+    protocol: str = typer.Option("ratio", help="loo, ratio, temporal or cold_items"),
+    models: list[str] = typer.Option(
+        list(QUICKSTART_MODELS), "--model", "-m", help="model class names (repeatable)"
+    ),
+) -> None:
+    """Train and evaluate the baselines on MovieLens-100K, print a leaderboard, write results.
+
+    Without MovieLens (no RECLOOP_DATA, no cache, no download) it says so and uses synthetic
+    data instead, except under CI=true, where that is an error.
+    """
+    from recloop.datasets import movielens_100k
+    from recloop.errors import DatasetNotFoundError
+    from recloop.experiment import DataConfig, fit_and_evaluate, split_data
+    from recloop.models.registry import build_model
+
+    started = time.perf_counter()
+    try:
+        with console.status("finding MovieLens-100K"):
+            dataset, dataset_name = movielens_100k(), "ml-100k"
+    except DatasetNotFoundError as exc:
+        if on_ci():
+            raise DatasetNotFoundError(f"{exc} (CI=true: no synthetic fallback)") from None
+        from recloop.data.synthetic import SyntheticConfig, generate
+        from recloop.data.synthetic import dataset_name as synthetic_name
+
+        console.print(f"[yellow]notice:[/] {exc}\n[yellow]notice:[/] using synthetic data instead")
+        synthetic = SyntheticConfig(seed=seed)
+        dataset, dataset_name = generate(synthetic).dataset, synthetic_name(synthetic)
+    config = DataConfig.model_validate({"protocol": protocol})
+    split = split_data(dataset, config, seed)
+    console.print(
+        f"[bold]{dataset_name}[/]: {len(dataset.interactions):,} interactions, "
+        f"{split.n_users:,} users, {split.n_items:,} items; protocol [bold]{protocol}[/], "
+        f"seed {seed}; full ranking, test set"
+    )
+    runs = []
+    for name in models:
+        model = build_model(name)
+        runs.append(fit_and_evaluate(model, split, dataset))
+    table = Table(title=f"Leaderboard — {dataset_name}, {protocol}, seed {seed} (test)")
+    columns = ["ndcg@10", "recall@10", "mrr@10", "hit@10", "ndcg@20", "recall@20"]
+    table.add_column("model")
+    for col in columns:
+        table.add_column(col, justify="right")
+    table.add_column("coverage@10", justify="right")
+    table.add_column("train s", justify="right")
+    for run in sorted(runs, key=lambda r: -r.test.metrics["ndcg@10"]):
+        table.add_row(
+            run.model.name,
+            *(f"{run.test.metrics[c]:.4f}" for c in columns),
+            f"{run.test.beyond.get('coverage@10', float('nan')):.3f}",
+            f"{run.train_seconds:.2f}",
+        )
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "dataset": dataset_name,
+        "split": split.summary(),
+        "protocol": runs[0].test.protocol if runs else "",
+        "records": [run.record(dataset_name, split).model_dump(mode="json") for run in runs],
+        "results": {run.model.name: run.test.to_dict() for run in runs},
+    }
+    path = out / "results.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    console.print(f"results written to {path} in {time.perf_counter() - started:.1f} s")
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    app()

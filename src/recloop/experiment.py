@@ -1,0 +1,115 @@
+"""One experiment = data → split → fit → evaluate on validation and test → records.
+
+Shared by ``recloop quickstart``, ``recloop train``/``evaluate`` and the benchmark scripts, so
+every number is produced the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from recloop.benchmark import BenchRecord, make_record, peak_rss_mb
+from recloop.data.filters import Filters
+from recloop.data.split import Split, make_split
+from recloop.data.types import Dataset
+from recloop.errors import ConfigError
+from recloop.eval.evaluate import EvalResult, evaluate
+from recloop.models.base import ScoringRecommender
+
+DatasetName = Literal["ml-100k", "ml-1m", "synthetic", "files"]
+
+
+class DataConfig(BaseModel):
+    """Which data, which filters and which split protocol."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: DatasetName = "ml-100k"
+    path: Path | None = Field(default=None, description="file or folder when dataset='files'")
+    protocol: Literal["loo", "ratio", "temporal", "cold_items"] = "ratio"
+    filters: Filters = Filters()
+    split: dict[str, float | int] = Field(default_factory=dict, description="protocol params")
+
+
+def load_data(config: DataConfig) -> tuple[Dataset, str]:
+    """The dataset and its benchmark name (``ml-100k``, ``ml-1m`` or ``synthetic-…``)."""
+    if config.dataset == "ml-100k":
+        from recloop.datasets import movielens_100k
+
+        return movielens_100k(), "ml-100k"
+    if config.dataset == "ml-1m":
+        from recloop.datasets import movielens_1m
+
+        return movielens_1m(), "ml-1m"
+    if config.dataset == "synthetic":
+        from recloop.data.synthetic import SyntheticConfig, dataset_name, generate
+
+        synthetic = SyntheticConfig()
+        return generate(synthetic).dataset, dataset_name(synthetic)
+    if config.path is None:
+        raise ConfigError("data.path is required when data.dataset = 'files'")
+    from recloop.data.loaders import load_dataset
+
+    dataset = load_dataset(config.path)
+    return dataset, dataset.name
+
+
+def split_data(dataset: Dataset, config: DataConfig, seed: int) -> Split:
+    return make_split(
+        dataset.interactions, config.protocol, seed=seed, filters=config.filters, **config.split
+    )
+
+
+@dataclass(eq=False)
+class ModelRun:
+    """A fitted model with its validation and test results."""
+
+    model: ScoringRecommender
+    train_seconds: float
+    valid: EvalResult
+    test: EvalResult
+    peak_rss_mb: float
+
+    def record(self, dataset: str, split: Split, tuning_trials: int = 0) -> BenchRecord:
+        return make_record(
+            dataset=dataset,
+            protocol=split.protocol,
+            seed=split.seed,
+            model=self.model.name,
+            config=self.model.config.model_dump(mode="json"),
+            metrics={**self.test.metrics, **self.test.beyond},
+            valid_metrics={**self.valid.metrics, **self.valid.beyond},
+            tuning_trials=tuning_trials,
+            train_seconds=self.train_seconds,
+            peak_rss=self.peak_rss_mb,
+        )
+
+
+def fit_and_evaluate(
+    model: ScoringRecommender,
+    split: Split,
+    dataset: Dataset,
+    ks: tuple[int, ...] = (10, 20),
+    *,
+    progress: bool = True,
+    evaluate_test: bool = True,
+) -> ModelRun:
+    """Fit on ``split.train``; evaluate on validation and (unless told not to) test."""
+    start = time.perf_counter()
+    model.fit(split, catalog=dataset.catalog, users=dataset.users)
+    train_seconds = time.perf_counter() - start
+    common: dict[str, Any] = {
+        "ks": ks,
+        "train": split.train,
+        "catalog": dataset.catalog,
+        "users": dataset.users,
+        "progress": progress,
+    }
+    valid = evaluate(model, split.evaluation_set("valid"), **common)
+    test = evaluate(model, split.evaluation_set("test"), **common) if evaluate_test else valid
+    return ModelRun(model, train_seconds, valid, test, peak_rss_mb())

@@ -1,0 +1,35 @@
+"""The explicit table of model names → classes (no importlib lookups by string)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from recloop.errors import ConfigError
+from recloop.models.base import ScoringRecommender
+from recloop.models.popular import Popular
+
+MODELS: dict[str, type[ScoringRecommender]] = {
+    "Popular": Popular,
+}
+
+
+def model_class(name: str) -> type[ScoringRecommender]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        known = ", ".join(MODELS)
+        raise ConfigError(f"unknown model {name!r} (known: {known})") from None
+
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> ScoringRecommender:
+    """A model from its class name and a plain dict of hyper-parameters, validated."""
+    cls = model_class(name)
+    try:
+        cfg = cls.config_class(**(config or {}))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"{name} config field '{where}': {err['msg']}") from None
+    return cls(cfg)
