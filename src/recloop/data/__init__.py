@@ -12,6 +12,14 @@ from recloop.data.split import (
     recbole_split_counts,
     temporal,
 )
+from recloop.data.synthetic import (
+    RowOrigin,
+    SyntheticConfig,
+    SyntheticData,
+    SyntheticTruth,
+    dataset_name,
+    generate,
+)
 from recloop.data.types import (
     NEGATIVE_EVENTS,
     Catalog,
@@ -36,11 +44,17 @@ __all__ = [
     "IdMap",
     "Interactions",
     "Queries",
+    "RowOrigin",
     "Split",
+    "SyntheticConfig",
+    "SyntheticData",
+    "SyntheticTruth",
     "Users",
     "apply_filters",
     "cold_items",
+    "dataset_name",
     "deduplicate",
+    "generate",
     "k_core",
     "loo",
     "make_split",
