@@ -1,6 +1,17 @@
 """Data layer: ids, interactions, catalogue, users, loaders, filters, splits, synthetic data."""
 
 from recloop.data.filters import Filters, apply_filters, deduplicate, k_core, rating_threshold
+from recloop.data.loaders import (
+    CatalogColumns,
+    ColumnMap,
+    UserColumns,
+    load_dataset,
+    load_movielens_raw,
+    load_recbole,
+    read_catalog,
+    read_interactions,
+    read_users,
+)
 from recloop.data.split import (
     PROTOCOLS,
     EvalSet,
@@ -36,6 +47,8 @@ __all__ = [
     "NEGATIVE_EVENTS",
     "PROTOCOLS",
     "Catalog",
+    "CatalogColumns",
+    "ColumnMap",
     "Dataset",
     "EvalSet",
     "EventKind",
@@ -49,6 +62,7 @@ __all__ = [
     "SyntheticConfig",
     "SyntheticData",
     "SyntheticTruth",
+    "UserColumns",
     "Users",
     "apply_filters",
     "cold_items",
@@ -56,10 +70,16 @@ __all__ = [
     "deduplicate",
     "generate",
     "k_core",
+    "load_dataset",
+    "load_movielens_raw",
+    "load_recbole",
     "loo",
     "make_split",
     "rating_threshold",
     "ratio",
+    "read_catalog",
+    "read_interactions",
+    "read_users",
     "recbole_split_counts",
     "temporal",
 ]

@@ -6,6 +6,7 @@ Orientation is always users × items.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -65,9 +66,11 @@ class IdMap:
     __slots__ = ("_ids", "_index")
 
     def __init__(self, ids: Iterable[object] = ()) -> None:
-        self._ids: list[str] = []
-        self._index: dict[str, int] = {}
-        self.add(ids, allow_existing=False)
+        self._ids: list[str] = [str(i) for i in ids]
+        self._index: dict[str, int] = dict(zip(self._ids, range(len(self._ids)), strict=True))
+        if len(self._index) != len(self._ids):
+            dup = next(k for k, n in Counter(self._ids).items() if n > 1)
+            raise DataError(f"duplicate id {dup!r}")
 
     def add(self, ids: Iterable[object], *, allow_existing: bool = True) -> np.ndarray:
         """Assign indices to new ids (existing ones keep theirs); returns the indices of ``ids``."""
