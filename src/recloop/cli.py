@@ -164,7 +164,7 @@ def quickstart(
     runs = []
     for name in models:
         model = build_model(name)
-        runs.append(fit_and_evaluate(model, split, dataset))
+        runs.append(fit_and_evaluate(model, split, dataset, progress=console.is_terminal))
     table = Table(title=f"Leaderboard — {dataset_name}, {protocol}, seed {seed} (test)")
     columns = ["ndcg@10", "recall@10", "mrr@10", "hit@10", "ndcg@20", "recall@20"]
     table.add_column("model")
@@ -191,6 +191,147 @@ def quickstart(
     path = out / "results.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     console.print(f"results written to {path} in {time.perf_counter() - started:.1f} s")
+
+
+def _metric(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else "n/a"
+
+
+def _seed_dir(out: Path, seed: int) -> Path:
+    return out / f"seed-{seed}" / "model"
+
+
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="run config (TOML)"),
+) -> None:
+    """Fit the configured model on each seed's train split and save it under run.out."""
+    from recloop.benchmark import peak_rss_mb
+    from recloop.experiment import load_data, split_data
+    from recloop.models.registry import build_model
+    from recloop.runconfig import load_run_config
+
+    run = load_run_config(config)
+    dataset, name = load_data(run.data)
+    for seed in run.run.seeds:
+        split = split_data(dataset, run.data, seed)
+        model = build_model(run.model.name, run.model.config)
+        start = time.perf_counter()
+        with console.status(f"fitting {model.name} on {name}, {run.data.protocol}, seed {seed}"):
+            model.fit(split, catalog=dataset.catalog, users=dataset.users)
+        seconds = time.perf_counter() - start
+        target = _seed_dir(run.run.out, seed)
+        model.save(target)
+        fit_info = {"train_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+        (target.parent / "fit.json").write_text(json.dumps(fit_info) + "\n")
+        console.print(f"{model.name} seed {seed}: fitted in {seconds:.1f} s, saved to {target}")
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="run config (TOML)"),
+) -> None:
+    """Evaluate the saved models of a run on validation and test; write results and a report."""
+    from recloop.eval.evaluate import evaluate
+    from recloop.experiment import ModelRun, load_data, split_data
+    from recloop.models.registry import model_class
+    from recloop.runconfig import load_run_config
+
+    run = load_run_config(config)
+    dataset, name = load_data(run.data)
+    cls = model_class(run.model.name)
+    records, runs = [], []
+    for seed in run.run.seeds:
+        split = split_data(dataset, run.data, seed)
+        path = _seed_dir(run.run.out, seed)
+        if not (path / "manifest.json").is_file():
+            raise RecloopError(f"{path}: no saved model; run `recloop train -c {config}` first")
+        model = cls.load(path)
+        common: dict[str, Any] = {
+            "ks": tuple(run.run.ks),
+            "train": split.train,
+            "catalog": dataset.catalog,
+            "users": dataset.users,
+            "progress": console.is_terminal,
+        }
+        valid = evaluate(model, split.evaluation_set("valid"), **common)
+        test = evaluate(model, split.evaluation_set("test"), **common)
+        fit_info = json.loads((path.parent / "fit.json").read_text())
+        model_run = ModelRun(model, fit_info["train_seconds"], valid, test, fit_info["peak_rss_mb"])
+        runs.append((split, model_run))
+        trials = run.tuning.trials if run.tuning else 0
+        records.append(model_run.record(name, split, tuning_trials=trials))
+        console.print(
+            f"{model.name} seed {seed}: test ndcg@10 {_metric(test.metrics, 'ndcg@10')}, "
+            f"valid ndcg@10 {_metric(valid.metrics, 'ndcg@10')}"
+        )
+    out = run.run.out
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.json"
+    payload = {
+        "config": run.model_dump(mode="json"),
+        "records": [r.model_dump(mode="json") for r in records],
+    }
+    results.write_text(json.dumps(payload, indent=2) + "\n")
+    console.print(f"results written to {results}")
+
+
+@app.command()
+@user_errors
+def tune(
+    space: Path = typer.Option(..., "--space", "-s", help="search space (TOML)"),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or synthetic"),
+    protocol: str = typer.Option("ratio", help="loo, ratio, temporal or cold_items"),
+    trials: int = typer.Option(30, min=1, help="number of configurations to try"),
+    metric: str = typer.Option("ndcg@10", help="validation metric to maximise"),
+    out: Path | None = typer.Option(
+        None, help="best run config to write (default configs/<dataset>/<protocol>/<model>.toml)"
+    ),
+    timeout: float | None = typer.Option(None, help="stop starting trials after this many s"),
+) -> None:
+    """Search a declared space on seed 0's validation split; write the best config."""
+    from recloop.experiment import DataConfig, load_data, split_data
+    from recloop.runconfig import ModelSpec, RunConfig, RunSettings, TuningRecord, write_run_config
+    from recloop.tuning import load_space, write_trials
+    from recloop.tuning import tune as run_tuning
+
+    search = load_space(space)
+    data_config = DataConfig.model_validate({"dataset": dataset, "protocol": protocol})
+    data, name = load_data(data_config)
+    split = split_data(data, data_config, seed=0)
+    target = out or Path("configs") / name / protocol / f"{search.model}.toml"
+    trials_path = target.with_suffix(".trials.json")
+
+    def show(trial: Any) -> None:
+        console.print(f"trial {trial.number}: {metric} {trial.value:.4f} {trial.params}")
+
+    result = run_tuning(search, split, data, n_trials=trials, metric=metric, on_trial=show)
+    write_trials(
+        trials_path,
+        result,
+        {"dataset": name, "protocol": protocol, "seed": 0, "split": "validation"},
+    )
+    config = RunConfig(
+        data=data_config,
+        model=ModelSpec(name=search.model, config=result.best_config),
+        run=RunSettings(seeds=[0, 1, 2], out=Path("runs") / name / protocol / search.model),
+        tuning=TuningRecord(
+            trials=len(result.trials),
+            metric=metric,
+            best_valid=result.best_value,
+            space=str(space),
+            trials_file=str(trials_path),
+        ),
+    )
+    header = (
+        f"Written by `recloop tune --space {space} --dataset {dataset} --protocol {protocol} "
+        f"--trials {trials}`.\nBest {metric} on seed 0's validation split: "
+        f"{result.best_value:.4f} after {len(result.trials)} trials."
+    )
+    write_run_config(target, config, header)
+    console.print(f"best {metric} {result.best_value:.4f}: {result.best_config} → {target}")
 
 
 def main() -> None:  # pragma: no cover - console-script shim

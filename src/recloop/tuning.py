@@ -1,0 +1,162 @@
+"""Hyper-parameter search on seed 0's validation split (Optuna TPE), every trial recorded.
+
+The test split is never touched here: the best configuration is written as a run config and
+evaluated once on test by ``recloop evaluate`` or a benchmark script.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recloop.data.split import Split
+from recloop.data.types import Dataset
+from recloop.errors import ConfigError, RecloopError
+from recloop.experiment import fit_and_evaluate
+from recloop.models.registry import build_model
+from recloop.runconfig import read_toml
+
+
+class Param(BaseModel):
+    """One searched hyper-parameter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs non-empty 'choices'")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError("a numeric parameter needs low <= high")
+        return self
+
+
+class SearchSpace(BaseModel):
+    """A declared search space: the model, the searched parameters and fixed ones."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    params: dict[str, Param]
+    fixed: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_space(path: Path) -> SearchSpace:
+    raw = read_toml(path)
+    try:
+        return SearchSpace.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from None
+
+
+@dataclass
+class Trial:
+    number: int
+    params: dict[str, Any]
+    value: float | None
+    valid_metrics: dict[str, float]
+    seconds: float
+    state: str = "complete"
+    error: str = ""
+
+
+@dataclass
+class TuneResult:
+    model: str
+    metric: str
+    best_config: dict[str, Any]
+    best_value: float
+    trials: list[Trial] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "metric": self.metric,
+            "best_config": self.best_config,
+            "best_value": self.best_value,
+            "trials": [t.__dict__ for t in self.trials],
+        }
+
+
+def _suggest(trial: Any, name: str, param: Param) -> Any:
+    if param.type == "categorical":
+        return trial.suggest_categorical(name, param.choices)
+    assert param.low is not None and param.high is not None
+    if param.type == "int":
+        step = int(param.step) if param.step else 1
+        return trial.suggest_int(name, int(param.low), int(param.high), step=step, log=param.log)
+    return trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
+
+
+def tune(
+    space: SearchSpace,
+    split: Split,
+    dataset: Dataset,
+    *,
+    n_trials: int,
+    metric: str = "ndcg@10",
+    ks: tuple[int, ...] = (10, 20),
+    seed: int = 0,
+    timeout: float | None = None,
+    on_trial: Any = None,
+) -> TuneResult:
+    """Search ``space`` maximising ``metric`` on ``split``'s validation set.
+
+    ``split`` must be seed 0's split; test metrics are never computed. A trial whose config
+    fails (e.g. a model that would not fit in memory) is recorded as failed, not fatal.
+    """
+    import optuna
+
+    if split.seed != 0:
+        raise ConfigError("tune on seed 0's validation split (the protocol fixes this)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials: list[Trial] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {name: _suggest(trial, name, p) for name, p in space.params.items()}
+        config = {**space.fixed, **params}
+        start = time.perf_counter()
+        try:
+            model = build_model(space.model, config)
+            run = fit_and_evaluate(model, split, dataset, ks, progress=False, evaluate_test=False)
+        except RecloopError as exc:
+            trials.append(Trial(trial.number, params, None, {}, 0.0, "failed", str(exc)))
+            raise optuna.TrialPruned(str(exc)) from None
+        valid = {**run.valid.metrics}
+        if metric not in valid:
+            raise ConfigError(f"unknown tuning metric {metric!r} (have {', '.join(valid)})")
+        value = float(valid[metric])
+        trials.append(Trial(trial.number, params, value, valid, time.perf_counter() - start))
+        if on_trial is not None:
+            on_trial(trials[-1])
+        return value
+
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=n_trials, timeout=timeout)
+    done = [t for t in trials if t.state == "complete"]
+    if not done:
+        raise RecloopError(f"every trial failed; first error: {trials[0].error if trials else '?'}")
+    best = max(done, key=lambda t: t.value if t.value is not None else float("-inf"))
+    assert best.value is not None
+    return TuneResult(space.model, metric, {**space.fixed, **best.params}, best.value, trials)
+
+
+def write_trials(path: Path, result: TuneResult, extra: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**extra, **result.to_dict()}, indent=2) + "\n")

@@ -1,0 +1,134 @@
+"""The command line: one-line errors with exit code 2, quickstart, train/evaluate/tune."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recloop.cli import app
+
+runner = CliRunner()
+
+
+def _ok(args: list[str]) -> str:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty"),
+        (b"user_id,item_id,timestamp\n", "no data rows"),
+        (b"user_id,item_id,timestamp\n1,2,yesterday\n", ":2"),
+        (b"user_id,item_id\n1,2\n3,4,5\n", ":3"),
+    ],
+)
+def test_data_info_bad_file_is_one_line_and_exit_2(
+    tmp_path: Path, content: bytes, expected: str
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["data", "info", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "events.csv" in lines[0] and expected in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_data_info_missing_path(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["data", "info", str(tmp_path / "nope.csv")])
+    assert result.exit_code == 2
+    assert "nope.csv" in result.stderr
+
+
+def test_data_info_on_movielens(ml100k_dir: Path) -> None:
+    out = _ok(["data", "info", "--json", str(ml100k_dir)])
+    summary = json.loads(out)
+    assert summary["interactions"] == 100_000
+    assert summary["users"] == 943 and summary["items"] == 1682
+
+
+def test_quickstart_on_movielens(ml100k_dir: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RECLOOP_DATA", str(ml100k_dir.parent))
+    out = _ok(["quickstart", "--out", str(tmp_path), "-m", "Popular"])
+    assert "Leaderboard" in out and "Popular" in out
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["dataset"] == "ml-100k"
+    (record,) = payload["records"]
+    assert record["protocol"] == "ratio" and record["model"] == "Popular"
+    assert 0.05 < record["metrics"]["ndcg@10"] < 0.2
+
+
+def test_quickstart_without_data_is_an_error_on_ci(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("RECLOOP_DATA", str(tmp_path / "none"))
+    monkeypatch.setenv("RECLOOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECLOOP_MOVIELENS_URL", "http://127.0.0.1:9/")  # nothing listens here
+    result = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "CI=true" in result.stderr
+
+
+def test_quickstart_falls_back_to_synthetic_with_a_notice(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("CI", "false")
+    monkeypatch.setenv("RECLOOP_DATA", str(tmp_path / "none"))
+    monkeypatch.setenv("RECLOOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RECLOOP_MOVIELENS_URL", "http://127.0.0.1:9/")
+    out = _ok(["quickstart", "--out", str(tmp_path / "out"), "-m", "Popular"])
+    assert "notice" in out and "synthetic" in out
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert payload["dataset"].startswith("synthetic-")
+
+
+def test_train_evaluate_round_trip(ml100k_dir: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RECLOOP_DATA", str(ml100k_dir.parent))
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[data]\ndataset = "ml-100k"\nprotocol = "loo"\n'
+        '[model]\nname = "Popular"\n[model.config]\ncount = "interactions"\n'
+        f'[run]\nseeds = [0]\nout = "{tmp_path / "run"}"\n'
+    )
+    _ok(["train", "-c", str(config)])
+    assert (tmp_path / "run" / "seed-0" / "model" / "weights.safetensors").is_file()
+    _ok(["evaluate", "-c", str(config)])
+    payload = json.loads((tmp_path / "run" / "results.json").read_text())
+    (record,) = payload["records"]
+    assert record["protocol"] == "loo" and record["config"] == {"count": "interactions"}
+
+
+def test_bad_run_config_names_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('[model]\nname = "Popular"\n[model.config]\ncount = "sometimes"\n')
+    result = runner.invoke(app, ["train", "-c", str(config)])
+    assert result.exit_code == 2
+    assert "count" in result.stderr
+    config.write_text('[data]\nprotocol = "shuffle"\n[model]\nname = "Popular"\n')
+    result = runner.invoke(app, ["train", "-c", str(config)])
+    assert result.exit_code == 2 and "run.toml" in result.stderr and "protocol" in result.stderr
+    config.write_text("[model\n")
+    result = runner.invoke(app, ["train", "-c", str(config)])
+    assert result.exit_code == 2 and "invalid TOML" in result.stderr
+
+
+def test_tune_writes_best_config_and_trials(ml100k_dir: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RECLOOP_DATA", str(ml100k_dir.parent))
+    space = tmp_path / "space.toml"
+    space.write_text(
+        'model = "Popular"\n[params.count]\ntype = "categorical"\n'
+        'choices = ["users", "interactions"]\n'
+    )
+    target = tmp_path / "best.toml"
+    _ok(["tune", "-s", str(space), "--trials", "3", "--out", str(target)])
+    from recloop.runconfig import load_run_config
+
+    best = load_run_config(target)
+    assert best.model.name == "Popular" and best.tuning is not None
+    assert best.tuning.trials == 3 and best.tuning.metric == "ndcg@10"
+    trials = json.loads(target.with_suffix(".trials.json").read_text())
+    assert len(trials["trials"]) == 3 and trials["split"] == "validation"
