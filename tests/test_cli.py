@@ -58,8 +58,8 @@ def test_quickstart_on_movielens(ml100k_dir: Path, tmp_path: Path, monkeypatch) 
     monkeypatch.setenv("RECLOOP_DATA", str(ml100k_dir.parent))
     out = _ok(["quickstart", "--out", str(tmp_path), "-m", "Popular"])
     assert "Leaderboard" in out and "Popular" in out
-    payload = json.loads((tmp_path / "results.json").read_text())
-    assert payload["dataset"] == "ml-100k"
+    assert (tmp_path / "report.html").is_file()
+    payload = json.loads((tmp_path / "records.json").read_text())
     (record,) = payload["records"]
     assert record["protocol"] == "ratio" and record["model"] == "Popular"
     assert 0.05 < record["metrics"]["ndcg@10"] < 0.2
@@ -82,8 +82,8 @@ def test_quickstart_falls_back_to_synthetic_with_a_notice(tmp_path: Path, monkey
     monkeypatch.setenv("RECLOOP_MOVIELENS_URL", "http://127.0.0.1:9/")
     out = _ok(["quickstart", "--out", str(tmp_path / "out"), "-m", "Popular"])
     assert "notice" in out and "synthetic" in out
-    payload = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert payload["dataset"].startswith("synthetic-")
+    payload = json.loads((tmp_path / "out" / "records.json").read_text())
+    assert payload["records"][0]["dataset"].startswith("synthetic-")
 
 
 def test_train_evaluate_round_trip(ml100k_dir: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -97,7 +97,8 @@ def test_train_evaluate_round_trip(ml100k_dir: Path, tmp_path: Path, monkeypatch
     _ok(["train", "-c", str(config)])
     assert (tmp_path / "run" / "seed-0" / "model" / "weights.safetensors").is_file()
     _ok(["evaluate", "-c", str(config)])
-    payload = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (tmp_path / "run" / "report.html").is_file()
+    payload = json.loads((tmp_path / "run" / "records.json").read_text())
     (record,) = payload["records"]
     assert record["protocol"] == "loo" and record["config"] == {"count": "interactions"}
 

@@ -140,6 +140,7 @@ def quickstart(
     from recloop.errors import DatasetNotFoundError
     from recloop.experiment import DataConfig, fit_and_evaluate, split_data
     from recloop.models.registry import build_model
+    from recloop.report import ReportRun, write_report
 
     started = time.perf_counter()
     try:
@@ -180,17 +181,23 @@ def quickstart(
             f"{run.train_seconds:.2f}",
         )
     console.print(table)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "dataset": dataset_name,
-        "split": split.summary(),
-        "protocol": runs[0].test.protocol if runs else "",
-        "records": [run.record(dataset_name, split).model_dump(mode="json") for run in runs],
-        "results": {run.model.name: run.test.to_dict() for run in runs},
-    }
-    path = out / "results.json"
+    records = [run.record(dataset_name, split) for run in runs]
+    report_runs = [ReportRun.from_model_run(run, seed) for run in runs]
+    reference = "EASE" if "EASE" in models else None
+    with console.status("writing the report"):
+        json_path, html_path = write_report(
+            out, report_runs, dataset=dataset_name, splits=split, reference=reference
+        )
+        write_records(out / "records.json", records)
+    console.print(
+        f"report: {html_path}\nresults: {json_path}\ndone in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def write_records(path: Path, records: list[Any]) -> None:
+    """Benchmark records (the bench/results format) of a CLI run."""
+    payload = {"records": [r.model_dump(mode="json") for r in records]}
     path.write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"results written to {path} in {time.perf_counter() - started:.1f} s")
 
 
 def _metric(metrics: dict[str, float], name: str) -> str:
@@ -237,6 +244,7 @@ def evaluate_cmd(
     from recloop.eval.evaluate import evaluate
     from recloop.experiment import ModelRun, load_data, split_data
     from recloop.models.registry import model_class
+    from recloop.report import ReportRun, write_report
     from recloop.runconfig import load_run_config
 
     run = load_run_config(config)
@@ -267,15 +275,11 @@ def evaluate_cmd(
             f"{model.name} seed {seed}: test ndcg@10 {_metric(test.metrics, 'ndcg@10')}, "
             f"valid ndcg@10 {_metric(valid.metrics, 'ndcg@10')}"
         )
-    out = run.run.out
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.json"
-    payload = {
-        "config": run.model_dump(mode="json"),
-        "records": [r.model_dump(mode="json") for r in records],
-    }
-    results.write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"results written to {results}")
+    splits = [split for split, _ in runs]
+    report_runs = [ReportRun.from_model_run(r, split.seed) for split, r in runs]
+    json_path, html_path = write_report(run.run.out, report_runs, dataset=name, splits=splits)
+    write_records(run.run.out / "records.json", records)
+    console.print(f"report: {html_path}\nresults: {json_path}")
 
 
 @app.command()
