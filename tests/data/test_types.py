@@ -110,3 +110,13 @@ def test_k_core_is_iterative() -> None:
     core = k_core(data, user_core=2, item_core=2)
     assert sorted(set(core.user.tolist())) == [0, 2]
     assert (np.bincount(core.item) >= 2).all() or len(core) == 0
+
+
+def test_csr_views_never_rewrite_their_source() -> None:
+    ex = Exclusions.from_lists([[9, 4, 4], [1, 0]])
+    q = Queries.from_lists([0, 1], [[7, 3, 3, 1], [2, 0]])
+    before = [ex.items.copy(), ex.indptr.copy(), q.history_items.copy()]
+    ex.to_csr(10)
+    q.history_csr(10)
+    for a, b in zip(before, [ex.items, ex.indptr, q.history_items], strict=True):
+        assert np.array_equal(a, b)

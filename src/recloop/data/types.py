@@ -445,8 +445,10 @@ class Queries:
     def history_csr(self, n_items: int) -> sp.csr_matrix:
         """Binary queries × items matrix of the histories."""
         data = np.ones(len(self.history_items), dtype=np.float32)
+        # copies: scipy shares the index arrays and sum_duplicates() would rewrite them
         mat = sp.csr_matrix(
-            (data, self.history_items, self.history_indptr), shape=(len(self), n_items)
+            (data, self.history_items.copy(), self.history_indptr.copy()),
+            shape=(len(self), n_items),
         )
         mat.sum_duplicates()
         mat.data[:] = 1.0
@@ -512,7 +514,8 @@ class Exclusions:
         """Binary queries × items matrix (width grows to fit the largest item index)."""
         width = max(n_items, int(self.items.max()) + 1 if len(self.items) else 0)
         data = np.ones(len(self.items), dtype=np.float32)
-        mat = sp.csr_matrix((data, self.items, self.indptr), shape=(len(self), width))
+        # copies: scipy shares the index arrays and sum_duplicates() would rewrite them
+        mat = sp.csr_matrix((data, self.items.copy(), self.indptr.copy()), shape=(len(self), width))
         mat.sum_duplicates()
         mat.data[:] = 1.0
         return mat

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from pydantic import BaseModel, ConfigDict
 from safetensors.numpy import load_file, save_file
 
@@ -78,23 +79,8 @@ def top_k(
         scores[rows, ex.indices] = -np.inf
     scores[~np.isfinite(scores)] = -np.inf
     kk = min(k, n_items)
-    if kk < n_items:
-        # argpartition on negated scores; ties are resolved below by a stable full sort of the
-        # candidates, but a tie straddling the partition boundary needs the threshold rule
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
-        # every item scoring strictly above kth is in; fill the rest with lowest-index ties
-        above = scores > kth
-        tied = scores == kth
-        need = kk - above.sum(axis=1)
-        chosen = above | tied
-        crowded = np.flatnonzero(tied.sum(axis=1) > need)  # ties straddle the cut-off
-        if len(crowded):
-            tie_rank = np.cumsum(tied[crowded], axis=1)
-            chosen[crowded] = above[crowded] | (tied[crowded] & (tie_rank <= need[crowded, None]))
-        cand = np.flatnonzero(chosen.ravel()).reshape(n, kk) % n_items
-    else:
-        cand = np.tile(np.arange(n_items), (n, 1))
+    full = np.tile(np.arange(n_items), (n, 1)) if kk == n_items else None
+    cand = full if full is not None else _top_candidates(scores, kk)
     cand_scores = np.take_along_axis(scores, cand, axis=1)
     order = np.lexsort((cand, -cand_scores), axis=1)
     items = np.take_along_axis(cand, order, axis=1).astype(np.int64)
@@ -104,6 +90,25 @@ def top_k(
         items = np.pad(items, ((0, 0), (0, k - kk)), constant_values=-1)
         top = np.pad(top, ((0, 0), (0, k - kk)), constant_values=-np.inf)
     return items, top.astype(np.float32)
+
+
+def _top_candidates(scores: np.ndarray, kk: int) -> np.ndarray:
+    """The ``kk`` best item indices per row (unordered), ties at the cut-off to lower indices.
+
+    torch.topk (multi-threaded) finds a candidate set; only rows where items tied with the
+    k-th score straddle the cut-off are recomputed with the lowest-index rule.
+    """
+    values, cand_t = torch.topk(torch.from_numpy(scores), kk, dim=1, largest=True, sorted=False)
+    cand = cand_t.numpy().astype(np.int64)
+    kth = values.numpy().min(axis=1, keepdims=True)
+    tied_in_row = (scores == kth).sum(axis=1)
+    tied_chosen = (values.numpy() == kth).sum(axis=1)
+    crowded = np.flatnonzero(tied_in_row > tied_chosen)
+    for row in crowded:  # rare with real scores: a tie group cut in two
+        above = np.flatnonzero(scores[row] > kth[row, 0])
+        tied = np.flatnonzero(scores[row] == kth[row, 0])[: kk - len(above)]
+        cand[row] = np.concatenate([above, tied])
+    return cand
 
 
 def exclusion_matrix(queries: Queries, exclude: Exclusions | None, n_items: int) -> sp.csr_matrix:
