@@ -118,7 +118,20 @@ def describe(dataset: Any) -> dict[str, Any]:
     return summary
 
 
-QUICKSTART_MODELS = ("Popular",)
+QUICKSTART_MODELS = ("Popular", "ItemKNN", "EASE", "BPR")
+CONFIGS = Path("configs")
+
+
+def tuned_config(dataset: str, protocol: str, model: str) -> dict[str, Any] | None:
+    """The tuned hyper-parameters in ``configs/<dataset>/<protocol>/<model>.toml``, if any."""
+    from recloop.runconfig import load_run_config
+
+    path = CONFIGS / dataset / protocol / f"{model}.toml"
+    if not path.is_file():
+        console.print(f"{model}: no tuned config at {path}; using its defaults")
+        return None
+    console.print(f"{model}: tuned config {path}")
+    return dict(load_run_config(path).model.config)
 
 
 @app.command()
@@ -164,7 +177,7 @@ def quickstart(
     )
     runs = []
     for name in models:
-        model = build_model(name)
+        model = build_model(name, tuned_config(dataset_name, protocol, name))
         runs.append(fit_and_evaluate(model, split, dataset, progress=console.is_terminal))
     table = Table(title=f"Leaderboard — {dataset_name}, {protocol}, seed {seed} (test)")
     columns = ["ndcg@10", "recall@10", "mrr@10", "hit@10", "ndcg@20", "recall@20"]
@@ -220,6 +233,7 @@ def train(
     from recloop.runconfig import load_run_config
 
     run = load_run_config(config)
+    build_model(run.model.name, run.model.config)  # a bad config fails before data loads
     dataset, name = load_data(run.data)
     for seed in run.run.seeds:
         split = split_data(dataset, run.data, seed)
@@ -248,8 +262,8 @@ def evaluate_cmd(
     from recloop.runconfig import load_run_config
 
     run = load_run_config(config)
-    dataset, name = load_data(run.data)
     cls = model_class(run.model.name)
+    dataset, name = load_data(run.data)
     records, runs = [], []
     for seed in run.run.seeds:
         split = split_data(dataset, run.data, seed)

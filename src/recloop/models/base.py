@@ -112,7 +112,11 @@ def _top_candidates(scores: np.ndarray, kk: int) -> np.ndarray:
 
 
 def exclusion_matrix(queries: Queries, exclude: Exclusions | None, n_items: int) -> sp.csr_matrix:
-    """The CSR of items each query may not get: ``exclude`` if given, else its history."""
+    """The CSR of items each query may not get: ``exclude`` if given, else its history.
+
+    A given ``exclude`` is the whole set (callers that want the history excluded too build
+    it with ``Exclusions.from_history(queries).union(extra)``, as evaluation does).
+    """
     ex = exclude if exclude is not None else Exclusions.from_history(queries)
     if len(ex) != len(queries):
         raise ConfigError(f"{len(ex)} exclusion rows for {len(queries)} queries")

@@ -8,10 +8,16 @@ from pydantic import ValidationError
 
 from recloop.errors import ConfigError
 from recloop.models.base import ScoringRecommender
+from recloop.models.bpr import BPR
+from recloop.models.ease import EASE
+from recloop.models.itemknn import ItemKNN
 from recloop.models.popular import Popular
 
 MODELS: dict[str, type[ScoringRecommender]] = {
     "Popular": Popular,
+    "ItemKNN": ItemKNN,
+    "EASE": EASE,
+    "BPR": BPR,
 }
 
 
