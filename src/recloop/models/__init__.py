@@ -1,6 +1,26 @@
 """Recommendation models, all behind the :class:`Recommender` contract."""
 
-from recloop.models.base import ModelConfig, Recommender, top_k
+from recloop.models.base import ModelConfig, Recommender, ScoringRecommender, top_k
+from recloop.models.bpr import BPR, BPRConfig
+from recloop.models.ease import EASE, EASEConfig
+from recloop.models.itemknn import ItemKNN, ItemKNNConfig
 from recloop.models.popular import Popular, PopularConfig
+from recloop.models.registry import MODELS, build_model, model_class
 
-__all__ = ["ModelConfig", "Popular", "PopularConfig", "Recommender", "top_k"]
+__all__ = [
+    "BPR",
+    "EASE",
+    "MODELS",
+    "BPRConfig",
+    "EASEConfig",
+    "ItemKNN",
+    "ItemKNNConfig",
+    "ModelConfig",
+    "Popular",
+    "PopularConfig",
+    "Recommender",
+    "ScoringRecommender",
+    "build_model",
+    "model_class",
+    "top_k",
+]
