@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from recloop.benchmark import BenchRecord, make_record, peak_rss_mb
 from recloop.data.filters import Filters
@@ -65,6 +66,24 @@ def split_data(dataset: Dataset, config: DataConfig, seed: int) -> Split:
     )
 
 
+class _Spinner:
+    """A transient spinner with elapsed time for steps that report no progress of their own."""
+
+    def __init__(self, label: str, *, enabled: bool) -> None:
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            transient=True, disable=not enabled,
+        )  # fmt: skip
+        self._label = label
+
+    def __enter__(self) -> None:
+        self._progress.start()
+        self._progress.add_task(self._label, total=None)
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+
 @dataclass(eq=False)
 class ModelRun:
     """A fitted model with its validation and test results."""
@@ -101,7 +120,8 @@ def fit_and_evaluate(
 ) -> ModelRun:
     """Fit on ``split.train``; evaluate on validation and (unless told not to) test."""
     start = time.perf_counter()
-    model.fit(split, catalog=dataset.catalog, users=dataset.users)
+    with _Spinner(f"fitting {model.name}", enabled=progress):
+        model.fit(split, catalog=dataset.catalog, users=dataset.users)
     train_seconds = time.perf_counter() - start
     common: dict[str, Any] = {
         "ks": ks,

@@ -103,6 +103,27 @@ def _suggest(trial: Any, name: str, param: Param) -> Any:
     return trial.suggest_float(name, param.low, param.high, log=param.log, step=param.step)
 
 
+def default_point(space: SearchSpace) -> dict[str, Any] | None:
+    """The model's default values of the searched parameters, if they lie inside the space."""
+    from recloop.models.registry import model_class
+
+    fields = model_class(space.model).config_class.model_fields
+    point: dict[str, Any] = {}
+    for name, param in space.params.items():
+        if name not in fields or fields[name].is_required():
+            return None
+        value = fields[name].default
+        if param.type == "categorical":
+            if value not in (param.choices or []):
+                return None
+        else:
+            assert param.low is not None and param.high is not None  # checked by Param
+            if not param.low <= value <= param.high:
+                return None
+        point[name] = value
+    return point
+
+
 def tune(
     space: SearchSpace,
     split: Split,
@@ -148,6 +169,9 @@ def tune(
 
     sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
+    defaults = default_point(space)
+    if defaults is not None:
+        study.enqueue_trial(defaults)  # the model's defaults are always the first trial
     study.optimize(objective, n_trials=n_trials, timeout=timeout)
     done = [t for t in trials if t.state == "complete"]
     if not done:
