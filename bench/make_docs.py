@@ -44,11 +44,18 @@ def _config(record: BenchRecord) -> str:
     return f"`{text}`" if len(text) <= 80 else f"`{text[:77]}...`"
 
 
-def table(results: ResultsFile) -> str:
-    """A Markdown table with one row per record and one column per metric."""
-    metric_names: list[str] = []
+def _metric_names(results: ResultsFile) -> list[str]:
+    if results.columns:
+        return list(results.columns)
+    names: list[str] = []
     for rec in results.records:
-        metric_names += [m for m in rec.metrics if m not in metric_names]
+        names += [m for m in rec.metrics if m not in names]
+    return names
+
+
+def table(results: ResultsFile) -> str:
+    """A Markdown table with one row per record and one column per shown metric."""
+    metric_names = _metric_names(results)
     head = ["dataset", "protocol", "model", "seed", "config", *metric_names, "train s", "peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rec in results.records:
@@ -57,6 +64,30 @@ def table(results: ResultsFile) -> str:
         cells += [_fmt(rec.train_seconds), _fmt(rec.peak_rss_mb)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary(results: ResultsFile) -> str:
+    """Mean ± std over seeds per (dataset, protocol, model), when some have several seeds."""
+    groups: dict[tuple[str, str, str], list[BenchRecord]] = {}
+    for rec in results.records:
+        groups.setdefault((rec.dataset, rec.protocol, rec.model), []).append(rec)
+    if all(len(g) < 2 for g in groups.values()):
+        return ""
+    metric_names = _metric_names(results)
+    head = ["dataset", "protocol", "model", "seeds", *metric_names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, protocol, model), recs in groups.items():
+        cells = [dataset, protocol, model, ", ".join(str(r.seed) for r in recs)]
+        for m in metric_names:
+            values = [r.metrics[m] for r in recs if m in r.metrics]
+            if not values:
+                cells.append("–")
+                continue
+            mean = sum(values) / len(values)
+            std = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+            cells.append(f"{mean:.4f} ± {std:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "Mean ± standard deviation over seeds:\n\n" + "\n".join(lines) + "\n\nEvery seed:\n"
 
 
 def render() -> str:
@@ -75,6 +106,9 @@ def render() -> str:
             parts.append(results.description.strip() + "\n")
         parts.append(f"Command: `{results.command}`  \nSource: `bench/results/{path.name}`  ")
         parts.append(f"Machine: {'; '.join(machines)}  \nCommit: {', '.join(commits)}\n")
+        overview = summary(results)
+        if overview:
+            parts.append(overview)
         parts.append(table(results) + "\n")
     return "\n".join(parts)
 

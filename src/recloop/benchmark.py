@@ -76,6 +76,9 @@ class ResultsFile(BaseModel):
     command: str
     description: str = ""
     created: str
+    columns: list[str] | None = Field(
+        default=None, description="metrics shown in docs/benchmarks.md (all when None)"
+    )
     records: list[BenchRecord]
 
 
@@ -163,9 +166,13 @@ def write_results(
     title: str,
     command: str,
     description: str = "",
+    columns: list[str] | None = None,
     results_dir: Path = RESULTS_DIR,
 ) -> Path:
-    """Write ``results_dir/<name>.json``; ``command`` is how to reproduce it."""
+    """Write ``results_dir/<name>.json``; ``command`` is how to reproduce it.
+
+    ``columns`` picks the metrics the generated page shows (the JSON keeps them all).
+    """
     if not re.fullmatch(r"[a-z0-9_-]+", name):
         raise ConfigError(f"results name must be lowercase letters, digits, '_' or '-': {name!r}")
     payload = ResultsFile(
@@ -173,6 +180,7 @@ def write_results(
         command=command,
         description=description,
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        columns=columns,
         records=records,
     )
     results_dir.mkdir(parents=True, exist_ok=True)
