@@ -350,7 +350,3 @@ def tune(
     )
     write_run_config(target, config, header)
     console.print(f"best {metric} {result.best_value:.4f}: {result.best_config} → {target}")
-
-
-def main() -> None:  # pragma: no cover - console-script shim
-    app()

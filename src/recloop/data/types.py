@@ -323,21 +323,6 @@ class Catalog:
             known = ", ".join(sorted(self.attributes)) or "none"
             raise KeyError(f"catalog has no attribute {name!r} (known: {known})") from None
 
-    def extend_to(self, items: IdMap) -> Catalog:
-        """A catalogue over ``items`` (a superset id map): unseen items get empty text."""
-        pos = {k: i for i, k in enumerate(self.items.ids())}
-        src = [pos.get(k, -1) for k in items.ids()]
-
-        def pick(values: list[Any], empty: Any) -> list[Any]:
-            return [values[s] if s >= 0 else empty for s in src]
-
-        return Catalog(
-            items,
-            pick(self.title, ""),
-            pick(self.text, ""),
-            {n: pick(v, None) for n, v in self.attributes.items()},
-        )
-
 
 @dataclass(eq=False)
 class Users:
@@ -361,14 +346,6 @@ class Users:
         except KeyError:
             known = ", ".join(sorted(self.attributes)) or "none"
             raise KeyError(f"users have no attribute {name!r} (known: {known})") from None
-
-    def extend_to(self, users: IdMap) -> Users:
-        pos = {k: i for i, k in enumerate(self.users.ids())}
-        src = [pos.get(k, -1) for k in users.ids()]
-        return Users(
-            users,
-            {n: [v[s] if s >= 0 else None for s in src] for n, v in self.attributes.items()},
-        )
 
 
 @dataclass(eq=False)
