@@ -133,3 +133,13 @@ def test_tune_writes_best_config_and_trials(ml100k_dir: Path, tmp_path: Path, mo
     assert best.tuning.trials == 3 and best.tuning.metric == "ndcg@10"
     trials = json.loads(target.with_suffix(".trials.json").read_text())
     assert len(trials["trials"]) == 3 and trials["split"] == "validation"
+
+
+def test_data_info_with_a_column_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("who,what,when\na,x,2020-01-01\nb,y,2020-01-02T10:00:00Z\n")
+    args = ["data", "info", "--json", str(path), "--user-col", "who", "--item-col", "what"]
+    summary = json.loads(_ok([*args, "--time-col", "when"]))
+    assert summary["interactions"] == 2 and summary["first timestamp"] == 1577836800
+    result = runner.invoke(app, ["data", "info", str(path), "--user-col", "nobody"])
+    assert result.exit_code == 2 and "'nobody'" in result.stderr and "log.csv:1" in result.stderr

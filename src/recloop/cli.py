@@ -73,11 +73,20 @@ def version() -> None:
 def data_info(
     path: Path = typer.Argument(..., help="a data file, or a folder (RecBole or MovieLens)"),
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
+    user: str | None = typer.Option(None, "--user-col", help="user id column (default: inferred)"),
+    item: str | None = typer.Option(None, "--item-col", help="item id column (default: inferred)"),
+    timestamp: str | None = typer.Option(None, "--time-col", help="timestamp column"),
+    value: str | None = typer.Option(None, "--value-col", help="rating or weight column"),
+    event: str | None = typer.Option(None, "--event-col", help="event kind column"),
 ) -> None:
     """Load PATH, validate it, and print what it holds."""
-    from recloop.data.loaders import load_dataset
+    from recloop.data.loaders import ColumnMap, load_dataset
 
-    dataset = load_dataset(path)
+    columns = None
+    if any(c is not None for c in (user, item, timestamp, value, event)):
+        given = {"user": user, "item": item, "timestamp": timestamp, "value": value}
+        columns = ColumnMap(event=event, **{k: v for k, v in given.items() if v is not None})
+    dataset = load_dataset(path, columns)
     summary = describe(dataset)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
