@@ -4,6 +4,7 @@ from recloop.models.base import ModelConfig, Recommender, ScoringRecommender, to
 from recloop.models.bpr import BPR, BPRConfig
 from recloop.models.ease import EASE, EASEConfig
 from recloop.models.itemknn import ItemKNN, ItemKNNConfig
+from recloop.models.multvae import MultDAE, MultDAEConfig, MultVAE, MultVAEConfig
 from recloop.models.popular import Popular, PopularConfig
 from recloop.models.registry import MODELS, build_model, model_class
 
@@ -16,6 +17,10 @@ __all__ = [
     "ItemKNN",
     "ItemKNNConfig",
     "ModelConfig",
+    "MultDAE",
+    "MultDAEConfig",
+    "MultVAE",
+    "MultVAEConfig",
     "Popular",
     "PopularConfig",
     "Recommender",

@@ -11,6 +11,7 @@ from recloop.models.base import ScoringRecommender
 from recloop.models.bpr import BPR
 from recloop.models.ease import EASE
 from recloop.models.itemknn import ItemKNN
+from recloop.models.multvae import MultDAE, MultVAE
 from recloop.models.popular import Popular
 
 MODELS: dict[str, type[ScoringRecommender]] = {
@@ -18,6 +19,8 @@ MODELS: dict[str, type[ScoringRecommender]] = {
     "ItemKNN": ItemKNN,
     "EASE": EASE,
     "BPR": BPR,
+    "MultVAE": MultVAE,
+    "MultDAE": MultDAE,
 }
 
 
