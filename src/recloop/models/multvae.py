@@ -7,7 +7,8 @@ multinomial log-likelihood ``−Σ_i x_i · log_softmax(logits)_i``. Mult-VAE en
 ``q(z|x) = N(μ, σ²)`` and adds ``β · KL(q ‖ N(0, I))`` with β annealed linearly to
 ``anneal_cap`` over ``total_anneal_steps`` optimiser steps; Mult-DAE keeps a deterministic
 latent and no KL. At inference the mean latent is decoded, so any query with a history, also
-an unknown user (−1), is scored by the network itself. Training uses :class:`recloop.Trainer`
+an unknown user (−1), is scored by the network itself. Training uses
+:class:`recloop.training.Trainer`
 with early stopping on validation NDCG@10 when ``fit`` is given a :class:`Split`.
 """
 
