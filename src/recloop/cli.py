@@ -264,8 +264,7 @@ def evaluate_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="run config (TOML)"),
 ) -> None:
     """Evaluate the saved models of a run on validation and test; write results and a report."""
-    from recloop.eval.evaluate import evaluate
-    from recloop.experiment import ModelRun, load_data, split_data
+    from recloop.experiment import ModelRun, evaluate_part, load_data, split_data
     from recloop.models.registry import model_class
     from recloop.report import ReportRun, write_report
     from recloop.runconfig import load_run_config
@@ -280,15 +279,9 @@ def evaluate_cmd(
         if not (path / "manifest.json").is_file():
             raise RecloopError(f"{path}: no saved model; run `recloop train -c {config}` first")
         model = cls.load(path)
-        common: dict[str, Any] = {
-            "ks": tuple(run.run.ks),
-            "train": split.train,
-            "catalog": dataset.catalog,
-            "users": dataset.users,
-            "progress": console.is_terminal,
-        }
-        valid = evaluate(model, split.evaluation_set("valid"), **common)
-        test = evaluate(model, split.evaluation_set("test"), **common)
+        ks, shown = tuple(run.run.ks), console.is_terminal
+        valid = evaluate_part(model, split, dataset, "valid", ks, progress=shown)
+        test = evaluate_part(model, split, dataset, "test", ks, progress=shown)
         fit_info = json.loads((path.parent / "fit.json").read_text())
         model_run = ModelRun(model, fit_info["train_seconds"], valid, test, fit_info["peak_rss_mb"])
         runs.append((split, model_run))

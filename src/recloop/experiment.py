@@ -9,14 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from recloop.benchmark import BenchRecord, make_record, peak_rss_mb
 from recloop.data.filters import Filters
-from recloop.data.split import Split, make_split
+from recloop.data.split import Part, Split, make_split
 from recloop.data.types import Dataset
 from recloop.errors import ConfigError
 from recloop.eval.evaluate import EvalResult, evaluate
@@ -123,13 +123,31 @@ def fit_and_evaluate(
     with _Spinner(f"fitting {model.name}", enabled=progress):
         model.fit(split, catalog=dataset.catalog, users=dataset.users)
     train_seconds = time.perf_counter() - start
-    common: dict[str, Any] = {
-        "ks": ks,
-        "train": split.train,
-        "catalog": dataset.catalog,
-        "users": dataset.users,
-        "progress": progress,
-    }
-    valid = evaluate(model, split.evaluation_set("valid"), **common)
-    test = evaluate(model, split.evaluation_set("test"), **common) if evaluate_test else valid
+    valid = evaluate_part(model, split, dataset, "valid", ks, progress=progress)
+    test = (
+        evaluate_part(model, split, dataset, "test", ks, progress=progress)
+        if evaluate_test
+        else valid
+    )
     return ModelRun(model, train_seconds, valid, test, peak_rss_mb())
+
+
+def evaluate_part(
+    model: ScoringRecommender,
+    split: Split,
+    dataset: Dataset,
+    part: Part,
+    ks: tuple[int, ...] = (10, 20),
+    *,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate a fitted model on one part of ``split`` with every breakdown enabled."""
+    return evaluate(
+        model,
+        split.evaluation_set(part),
+        ks,
+        train=split.train,
+        catalog=dataset.catalog,
+        users=dataset.users,
+        progress=progress,
+    )

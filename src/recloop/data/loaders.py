@@ -479,13 +479,18 @@ def load_recbole(
     return Dataset(name or inter.stem, interactions, catalog, users)
 
 
-def _ml100k(root: Path, rating_range: tuple[float, float] | None, name: str | None) -> Dataset:
-    ratings = read_text(
-        root / "u.data",
-        TextLayout("\t", quote=None, header=False, names=("user", "item", "rating", "timestamp")),
-    )
+def _movielens_ratings(
+    path: Path, separator: str, rating_range: tuple[float, float] | None
+) -> Interactions:
+    """The headerless user, item, rating, timestamp file of a GroupLens MovieLens release."""
+    names = ("user", "item", "rating", "timestamp")
+    ratings = read_text(path, TextLayout(separator, quote=None, header=False, names=names))
     cmap = ColumnMap(user="user", item="item", timestamp="timestamp", value="rating")
-    interactions = _interactions(ratings, cmap, None, None, rating_range)
+    return _interactions(ratings, cmap, None, None, rating_range)
+
+
+def _ml100k(root: Path, rating_range: tuple[float, float] | None, name: str | None) -> Dataset:
+    interactions = _movielens_ratings(root / "u.data", "\t", rating_range)
     catalog = users = None
     if (root / "u.item").is_file():
         fields = ("item", "title", "release_date", "video_release_date", "url", *ML100K_GENRES)
@@ -510,12 +515,7 @@ def _ml100k(root: Path, rating_range: tuple[float, float] | None, name: str | No
 
 
 def _ml1m(root: Path, rating_range: tuple[float, float] | None, name: str | None) -> Dataset:
-    ratings = read_text(
-        root / "ratings.dat",
-        TextLayout("::", quote=None, header=False, names=("user", "item", "rating", "timestamp")),
-    )
-    cmap = ColumnMap(user="user", item="item", timestamp="timestamp", value="rating")
-    interactions = _interactions(ratings, cmap, None, None, rating_range)
+    interactions = _movielens_ratings(root / "ratings.dat", "::", rating_range)
     catalog = users = None
     if (root / "movies.dat").is_file():
         table = read_text(
