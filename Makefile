@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 	  echo "torch already installed"; \
-	elif $(PIP) install -q --no-index "torch==$(TORCH_VERSION)" 2>/dev/null; then \
-	  echo "torch $(TORCH_VERSION) installed from a local wheel"; \
+	elif $(PIP) install -q --dry-run --no-index --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null; then \
+	  $(PIP) install -q "torch==$(TORCH_VERSION)" && \
+	  echo "torch $(TORCH_VERSION) installed from a local wheel (its dependencies from the index)"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then \
 	  $(PIP) install -q "torch==$(TORCH_VERSION)"; \
 	else \

@@ -50,7 +50,11 @@ class Planted:
 
 @lru_cache(maxsize=1)
 def planted() -> Planted:
-    """Block-structured data: each user sees 12 of their group's 20 items plus one stray item."""
+    """Block-structured data: each user sees 12 of their group's 20 items plus one stray item.
+
+    Histories are in time order and the stray sits at a random place in them, so that no
+    position of a sequence (for a sequential model) is always out of the user's group.
+    """
     rng = np.random.default_rng(7)
     n_groups = len(GROUP_SIZES)
     users: list[int] = []
@@ -63,7 +67,8 @@ def planted() -> Planted:
             block = g * BLOCK + rng.permutation(BLOCK)
             other = rng.choice([h for h in range(n_groups) if h != g])
             stray = other * BLOCK + int(rng.integers(BLOCK))
-            history = [*block[:SEEN].tolist(), stray]
+            history = block[:SEEN].tolist()
+            history.insert(int(rng.integers(SEEN + 1)), stray)
             users += [u] * len(history)
             items += history
             heldout.append(int(block[SEEN + rng.integers(BLOCK - SEEN)]))

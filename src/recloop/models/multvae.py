@@ -7,83 +7,34 @@ multinomial log-likelihood ``−Σ_i x_i · log_softmax(logits)_i``. Mult-VAE en
 ``q(z|x) = N(μ, σ²)`` and adds ``β · KL(q ‖ N(0, I))`` with β annealed linearly to
 ``anneal_cap`` over ``total_anneal_steps`` optimiser steps; Mult-DAE keeps a deterministic
 latent and no KL. At inference the mean latent is decoded, so any query with a history, also
-an unknown user (−1), is scored by the network itself. Training uses
-:class:`recloop.training.Trainer`
-with early stopping on validation NDCG@10 when ``fit`` is given a :class:`Split`.
+an unknown user (−1), is scored by the network itself. Training runs through
+:class:`recloop.models.neural.NeuralRecommender` (early stopping on validation NDCG@10 when
+``fit`` is given a :class:`Split`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from itertools import pairwise
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from recloop.data.split import Split
-from recloop.data.types import Catalog, Interactions, Queries, Users
-from recloop.models.base import ModelConfig, ScoringRecommender
-from recloop.training import (
-    TrainableModule,
-    Trainer,
-    TrainerConfig,
-    TrainResult,
-    load_numpy_state,
-    resolve_device,
-    state_to_numpy,
-)
-
-_SCORE_BATCH = 1024  # queries per inference batch
+from recloop.data.types import Interactions, Queries
+from recloop.models.base import ModelConfig
+from recloop.models.neural import NeuralConfig, NeuralRecommender, user_vector_batches
+from recloop.training import BatchFactory, TrainableModule
 
 
-class MultDAEConfig(ModelConfig):
-    """Architecture, input dropout, optimiser and training schedule of Mult-DAE."""
+class MultDAEConfig(NeuralConfig):
+    """Architecture and input dropout of Mult-DAE, plus the shared training settings."""
 
     hidden_dims: tuple[int, ...] = Field(
         default=(600,), description="Encoder hidden widths (the decoder mirrors them)."
     )
     latent_dim: int = Field(default=200, ge=1, description="Width of the latent code.")
     dropout: float = Field(default=0.5, ge=0.0, lt=1.0, description="Dropout on the input.")
-    lr: float = Field(default=1e-3, gt=0.0, description="Adam learning rate.")
-    weight_decay: float = Field(default=0.0, ge=0.0, description="Adam L2 weight decay.")
-    batch_size: int = Field(default=500, ge=1, description="Users per optimiser step.")
-    max_epochs: int = Field(default=200, ge=1, description="Upper bound on epochs.")
-    patience: int = Field(
-        default=20, ge=1, description="Validations without NDCG@10 gain before stopping."
-    )
-    eval_every: int = Field(default=1, ge=1, description="Validate every this many epochs.")
-    early_stopping: bool = Field(
-        default=True,
-        description="Given a Split, stop on its validation NDCG@10 and keep the best epoch.",
-    )
-    grad_clip: float | None = Field(default=None, gt=0.0, description="Gradient norm cap.")
-    seed: int = Field(default=0, description="Seeds initialisation, dropout and batching.")
-    threads: int | None = Field(default=1, ge=1, description="CPU threads while training.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="'auto' uses CUDA when available (not bit-reproducible)."
-    )
-    amp: bool = Field(default=False, description="Mixed precision (CUDA only).")
-    progress: bool = Field(default=False, description="Show the training progress bar.")
-
-    def trainer(self) -> TrainerConfig:
-        """The :class:`TrainerConfig` this model trains with."""
-        return TrainerConfig(
-            max_epochs=self.max_epochs,
-            patience=self.patience,
-            eval_every=self.eval_every,
-            grad_clip=self.grad_clip,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size,
-            device=self.device,
-            amp=self.amp,
-            seed=self.seed,
-            threads=self.threads,
-        )
 
 
 class MultVAEConfig(MultDAEConfig):
@@ -168,7 +119,7 @@ class AutoencoderNet(TrainableModule):
         return loss
 
 
-class MultDAE(ScoringRecommender):
+class MultDAE(NeuralRecommender):
     """Denoising autoencoder with a multinomial likelihood (Liang et al. 2018)."""
 
     config_class: ClassVar[type[ModelConfig]] = MultDAEConfig
@@ -184,83 +135,14 @@ class MultDAE(ScoringRecommender):
             n_items, cfg.hidden_dims, cfg.latent_dim, cfg.dropout, self.variational, **extra
         )
 
-    def fit(
-        self,
-        data: Split | Interactions,
-        catalog: Catalog | None = None,
-        users: Users | None = None,
-    ) -> Self:
-        self._split: Split | None = (
-            data if isinstance(data, Split) else None
-        )  # read by _fit for validation
-        try:
-            return super().fit(data, catalog, users)
-        finally:
-            del self._split
+    def _batches(self, train: Interactions) -> BatchFactory:
+        return user_vector_batches(train, self.config.batch_size)
 
-    def _fit(self, train: Interactions, catalog: Catalog | None, users: Users | None) -> None:
-        cfg = self.config
-        x = train.to_csr().astype(np.float32)
-        x.sum_duplicates()
-        x.data[:] = 1.0
-        rows = np.flatnonzero(np.diff(x.indptr) > 0)  # users with at least one train item
-
-        torch.manual_seed(cfg.seed)  # initialisation
-        self.net_ = self._build(x.shape[1])
-
-        def batches(epoch: int, generator: torch.Generator) -> list[torch.Tensor]:
-            order = rows[torch.randperm(len(rows), generator=generator).numpy()]
-            return [
-                torch.from_numpy(x[order[s : s + cfg.batch_size]].toarray())
-                for s in range(0, len(order), cfg.batch_size)
-            ]
-
-        validate: Callable[[], float] | None = None
-        split = self._split
-        if cfg.early_stopping and split is not None and len(split.valid):
-            from recloop.eval.evaluate import evaluate
-
-            valid = split.evaluation_set("valid")
-
-            def ndcg_at_10() -> float:
-                result = evaluate(self, valid, (10,), progress=False, n_items=self.n_items_)
-                return float(result.metrics["ndcg@10"])
-
-            validate = ndcg_at_10
-
-        trainer = Trainer(
-            cfg.trainer().model_copy(
-                update={"patience": cfg.patience if validate is not None else None}
-            ),
-            progress=cfg.progress,
-        )
-        self.result_: TrainResult = trainer.fit(
-            self.net_, batches, validate, description=f"training {self.name}"
-        )
-
-    @torch.no_grad()
-    def _score(self, queries: Queries) -> np.ndarray:
-        """Decoder logits of the mean latent for each query's history (queries × items)."""
-        history: sp.csr_matrix = queries.history_csr(self.n_items_)
-        net = self.net_
-        was_training = net.training
-        net.eval()
-        device = next(net.parameters()).device
-        out = np.empty(history.shape, dtype=np.float32)
-        for start in range(0, history.shape[0], _SCORE_BATCH):
-            chunk = torch.from_numpy(history[start : start + _SCORE_BATCH].toarray()).to(device)
-            logits, _, _ = net(chunk)
-            out[start : start + _SCORE_BATCH] = logits.float().cpu().numpy()
-        net.train(was_training)
-        return out
-
-    def _state(self) -> dict[str, np.ndarray]:
-        return {f"net.{name}": value for name, value in state_to_numpy(self.net_).items()}
-
-    def _set_state(self, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
-        self.net_ = self._build(self.n_items_)
-        load_numpy_state(self.net_, {k.removeprefix("net."): v for k, v in arrays.items()})
-        self.net_.to(resolve_device("cpu")).eval()
+    def _score_chunk(self, queries: Queries, device: torch.device) -> torch.Tensor:
+        """Decoder logits of the mean latent for each query's history."""
+        history = torch.from_numpy(queries.history_csr(self.n_items_).toarray()).to(device)
+        logits, _, _ = self.net_(history)
+        return logits
 
 
 class MultVAE(MultDAE):

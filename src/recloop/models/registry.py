@@ -9,10 +9,12 @@ from pydantic import ValidationError
 from recloop.errors import ConfigError
 from recloop.models.base import ScoringRecommender
 from recloop.models.bpr import BPR
+from recloop.models.diffrec import DiffRec
 from recloop.models.ease import EASE
 from recloop.models.itemknn import ItemKNN
 from recloop.models.multvae import MultDAE, MultVAE
 from recloop.models.popular import Popular
+from recloop.models.sasrec import SASRec
 
 MODELS: dict[str, type[ScoringRecommender]] = {
     "Popular": Popular,
@@ -21,6 +23,8 @@ MODELS: dict[str, type[ScoringRecommender]] = {
     "BPR": BPR,
     "MultVAE": MultVAE,
     "MultDAE": MultDAE,
+    "DiffRec": DiffRec,
+    "SASRec": SASRec,
 }
 
 

@@ -1,0 +1,124 @@
+"""DiffRec: the shared contract, the noise schedule, the loss and the reverse process."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from recloop.models.base import ModelConfig
+from recloop.models.diffrec import (
+    FIRST_BETA,
+    DiffRec,
+    DiffRecConfig,
+    DiffRecNet,
+    linear_variance_betas,
+    step_embedding,
+)
+
+from .contract import ModelContract
+
+FAST: dict[str, object] = {
+    "steps": 5,
+    "noise_scale": 0.05,
+    "hidden_dims": (64,),
+    "lr": 0.005,
+    "batch_size": 32,
+    "max_epochs": 80,
+    "early_stopping": False,
+    "device": "cpu",
+}
+
+
+class TestDiffRecContract(ModelContract):
+    model_class = DiffRec
+    invalid_configs: ClassVar = [
+        {"steps": 0},
+        {"noise_scale": -0.1},
+        {"noise_min": 0.0},
+        {"noise_min": 0.02, "noise_max": 0.01},
+        {"steps": 5, "inference_steps": 6},
+        {"noise_scale": 200.0, "noise_max": 0.01},
+        {"dropout": 1.0},
+        {"step_embedding": 0},
+    ]
+
+    def make_config(self) -> ModelConfig:
+        return DiffRecConfig(**FAST)  # type: ignore[arg-type]
+
+
+def test_schedule_is_linear_in_the_variance() -> None:
+    betas = linear_variance_betas(10, 0.1, 0.001, 0.02)
+    variance = 0.1 * np.linspace(0.001, 0.02, 10)  # 1 − ᾱ_t on the line
+    assert betas[0] == FIRST_BETA  # pinned, as in the authors' code
+    # every later step takes ᾱ from one point of the line to the next
+    np.testing.assert_allclose(betas[1:], 1.0 - (1.0 - variance[1:]) / (1.0 - variance[:-1]))
+    assert (betas > 0).all() and (betas < 1).all()
+
+
+def test_step_embedding_shape_and_distinct_steps() -> None:
+    emb = step_embedding(torch.tensor([0, 1, 7]), 9)
+    assert emb.shape == (3, 9)
+    assert not torch.allclose(emb[1], emb[2])
+
+
+def _net(steps: int = 4, reweight: bool = False) -> DiffRecNet:
+    torch.manual_seed(0)
+    return DiffRecNet(12, (8,), 6, 0.0, linear_variance_betas(steps, 0.1, 0.01, 0.1), reweight)
+
+
+def test_loss_is_mse_of_the_x0_prediction() -> None:
+    net = _net()
+    x0 = (torch.rand(5, 12) < 0.3).float()
+    torch.manual_seed(1)
+    loss = net.training_step(x0)
+    torch.manual_seed(1)
+    t = torch.randint(net.steps, (5,))
+    x_t = net.corrupt(x0, t, torch.randn_like(x0))
+    torch.testing.assert_close(loss, (net(x_t, t) - x0).pow(2).mean())
+
+
+def test_reweighted_loss_uses_snr_differences() -> None:
+    net = _net(reweight=True)
+    x0 = (torch.rand(5, 12) < 0.3).float()
+    torch.manual_seed(1)
+    loss = net.training_step(x0)
+    torch.manual_seed(1)
+    t = torch.randint(net.steps, (5,))
+    x_t = net.corrupt(x0, t, torch.randn_like(x0))
+    mse = (net(x_t, t) - x0).pow(2).mean(dim=1)
+    weight = torch.tensor(
+        [1.0 if s == 0 else float(net.snr[s - 1] - net.snr[s]) for s in t.tolist()]
+    )
+    torch.testing.assert_close(loss, (weight * mse).mean())
+
+
+def test_reverse_process_ends_with_the_x0_prediction() -> None:
+    net = _net().eval()
+    # at step 0 the posterior mean is the x0 prediction itself
+    assert float(net.post_c0[0]) == pytest.approx(1.0)
+    assert float(net.post_ct[0]) == pytest.approx(0.0, abs=1e-6)
+    x0 = (torch.rand(3, 12) < 0.3).float()
+    out = net.denoise(x0, inference_steps=0)
+    # replay the loop by hand
+    x_t = x0
+    for step in reversed(range(net.steps)):
+        t = torch.full((3,), step)
+        x_t = net.post_c0[step] * net(x_t, t) + net.post_ct[step] * x_t
+    torch.testing.assert_close(out, x_t)
+
+
+def test_inference_without_noise_is_deterministic() -> None:
+    net = _net().eval()
+    x0 = (torch.rand(3, 12) < 0.3).float()
+    torch.testing.assert_close(net.denoise(x0, 0), net.denoise(x0, 0))
+
+
+def test_zero_noise_scale_is_finite() -> None:
+    model = DiffRec(DiffRecConfig(**{**FAST, "noise_scale": 0.0, "max_epochs": 2}))  # type: ignore[arg-type]
+    from .contract import planted
+
+    model.fit(planted().train)
+    assert np.isfinite(model.score(planted().queries)).all()
