@@ -56,12 +56,15 @@ def _metric_names(results: ResultsFile) -> list[str]:
 def table(results: ResultsFile) -> str:
     """A Markdown table with one row per record and one column per shown metric."""
     metric_names = _metric_names(results)
+    speed = any(rec.users_per_s is not None for rec in results.records)
     head = ["dataset", "protocol", "model", "seed", "config", *metric_names, "train s", "peak MB"]
+    head += ["users/s"] if speed else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rec in results.records:
         cells = [rec.dataset, rec.protocol, rec.model, str(rec.seed), _config(rec)]
         cells += [_fmt(rec.metrics.get(m)) for m in metric_names]
         cells += [_fmt(rec.train_seconds), _fmt(rec.peak_rss_mb)]
+        cells += [_fmt(rec.users_per_s)] if speed else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

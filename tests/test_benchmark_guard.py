@@ -1,7 +1,7 @@
 """The benchmark guard: a stored figure must still be reproducible by today's code.
 
 Re-runs EASE on MovieLens-100K, seed 0, ``ratio``, with the stored record's config, and
-checks NDCG@10 against ``bench/results/baselines.json`` within ±0.002.
+checks NDCG@10 against ``bench/results/models.json`` within ±0.002.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from recloop.data import Dataset, make_split
 from recloop.eval import evaluate
 from recloop.models.registry import build_model
 
-RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "baselines.json"
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "models.json"
 TOLERANCE = 0.002
 
 

@@ -143,3 +143,56 @@ def test_data_info_with_a_column_mapping(tmp_path: Path) -> None:
     assert summary["interactions"] == 2 and summary["first timestamp"] == 1577836800
     result = runner.invoke(app, ["data", "info", str(path), "--user-col", "nobody"])
     assert result.exit_code == 2 and "'nobody'" in result.stderr and "log.csv:1" in result.stderr
+
+
+def _few_models(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Make `--all` mean Popular and a tiny SASRec, so the test runs in seconds."""
+    from recloop.models import registry
+    from recloop.models.popular import Popular
+    from recloop.models.sasrec import SASRec
+
+    monkeypatch.setattr(registry, "MODELS", {"Popular": Popular, "SASRec": SASRec})
+
+
+TINY_SASREC = '[model]\nname = "SASRec"\n[model.config]\nmax_epochs = 1\nhidden = 8\nmax_len = 10\n'
+
+
+def test_train_and_evaluate_all(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _few_models(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    configs = tmp_path / "configs" / "synthetic" / "loo"
+    configs.mkdir(parents=True)
+    (configs / "SASRec.toml").write_text(
+        '[data]\ndataset = "synthetic"\nprotocol = "loo"\n'
+        + TINY_SASREC
+        + '[run]\nseeds = [0]\nout = "runs/synthetic/loo/SASRec"\n'
+    )
+    out = _ok(["train", "--all", "--dataset", "synthetic", "--protocol", "loo"])
+    assert "Popular: no tuned config" in out  # defaults, said out loud
+    assert (tmp_path / "runs/synthetic/loo/SASRec/seed-0/model/manifest.json").is_file()
+    assert (tmp_path / "runs/synthetic/loo/Popular/seed-2/model/manifest.json").is_file()
+    _ok(["evaluate", "--all", "--dataset", "synthetic", "--protocol", "loo"])
+    payload = json.loads((tmp_path / "runs/synthetic/loo/records.json").read_text())
+    models = {(r["model"], r["seed"]) for r in payload["records"]}
+    assert models == {("SASRec", 0), ("Popular", 0), ("Popular", 1), ("Popular", 2)}
+    assert (tmp_path / "runs/synthetic/loo/report.html").is_file()
+
+
+def test_train_needs_config_or_all() -> None:
+    for args in (["train"], ["train", "--all", "-c", "x.toml"], ["evaluate"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "--all" in result.stderr
+
+
+def test_quickstart_all_runs_every_registered_model(  # type: ignore[no-untyped-def]
+    ml100k_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    _few_models(monkeypatch)
+    monkeypatch.setenv("RECLOOP_DATA", str(ml100k_dir.parent))
+    monkeypatch.chdir(tmp_path)
+    configs = tmp_path / "configs" / "ml-100k" / "ratio"
+    configs.mkdir(parents=True)
+    (configs / "SASRec.toml").write_text(TINY_SASREC)
+    _ok(["quickstart", "--all", "--out", str(tmp_path / "out")])
+    payload = json.loads((tmp_path / "out" / "records.json").read_text())
+    assert {r["model"] for r in payload["records"]} == {"Popular", "SASRec"}

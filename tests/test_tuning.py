@@ -72,3 +72,20 @@ def test_tune_records_every_trial_and_starts_from_defaults(monkeypatch) -> None:
     assert result.best_value == max(t.value for t in result.trials if t.value is not None)
     with pytest.raises(ConfigError, match="seed 0"):
         tune(space, make_split(dataset.interactions, "ratio", seed=1), dataset, n_trials=1)
+
+
+def test_list_valued_choices_reach_the_model_as_lists() -> None:
+    space = SearchSpace.model_validate(
+        {
+            "model": "MultDAE",
+            "params": {"hidden_dims": {"type": "categorical", "choices": [[600], [32]]}},
+            "fixed": {"max_epochs": 1, "latent_dim": 8},
+        }
+    )
+    assert default_point(space) == {"hidden_dims": "[600]"}  # encoded as Optuna stores it
+    dataset = _tiny_dataset()
+    split = make_split(dataset.interactions, "ratio", seed=0)
+    result = tune(space, split, dataset, n_trials=3)
+    for trial in result.trials:
+        assert trial.params["hidden_dims"] in ([600], [32])
+    assert result.best_config["hidden_dims"] in ([600], [32])

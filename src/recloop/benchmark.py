@@ -50,6 +50,9 @@ class BenchRecord(BaseModel):
     tuning_trials: int = Field(default=0, ge=0)
     train_seconds: float | None = None
     peak_rss_mb: float | None = None
+    users_per_s: float | None = Field(
+        default=None, description="full-ranking inference throughput (top-10, batch 256)"
+    )
     machine: Machine
     recloop_version: str
     git_commit: str | None
@@ -138,6 +141,7 @@ def make_record(
     tuning_trials: int = 0,
     train_seconds: float | None = None,
     peak_rss: float | None = None,
+    users_per_s: float | None = None,
 ) -> BenchRecord:
     """A record with the machine, version and commit filled in."""
     from recloop import __version__
@@ -153,6 +157,7 @@ def make_record(
         tuning_trials=tuning_trials,
         train_seconds=train_seconds,
         peak_rss_mb=peak_rss if peak_rss is not None else peak_rss_mb(),
+        users_per_s=users_per_s,
         machine=machine_info(),
         recloop_version=__version__,
         git_commit=git_commit(),

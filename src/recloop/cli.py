@@ -152,18 +152,24 @@ def quickstart(
     models: list[str] = typer.Option(
         list(QUICKSTART_MODELS), "--model", "-m", help="model class names (repeatable)"
     ),
+    all_models: bool = typer.Option(
+        False, "--all", help="every registered model, the neural ones included (slower)"
+    ),
 ) -> None:
     """Train and evaluate the baselines on MovieLens-100K, print a leaderboard, write results.
 
-    Without MovieLens (no RECLOOP_DATA, no cache, no download) it says so and uses synthetic
+    ``--all`` adds Mult-VAE, Mult-DAE, DiffRec and SASRec (minutes on a CPU). Without
+    MovieLens (no RECLOOP_DATA, no cache, no download) it says so and uses synthetic
     data instead, except under CI=true, where that is an error.
     """
     from recloop.datasets import movielens_100k
     from recloop.errors import DatasetNotFoundError
     from recloop.experiment import DataConfig, fit_and_evaluate, split_data
-    from recloop.models.registry import build_model
+    from recloop.models.registry import MODELS, build_model, model_class
     from recloop.report import ReportRun, write_report
 
+    if all_models:
+        models = list(MODELS)
     started = time.perf_counter()
     try:
         with console.status("finding MovieLens-100K"):
@@ -186,7 +192,10 @@ def quickstart(
     )
     runs = []
     for name in models:
-        model = build_model(name, tuned_config(dataset_name, protocol, name))
+        params = tuned_config(dataset_name, protocol, name) or {}
+        if "seed" in model_class(name).config_class.model_fields:
+            params["seed"] = seed  # the seed sets a model's initialisation too
+        model = build_model(name, params)
         runs.append(fit_and_evaluate(model, split, dataset, progress=console.is_terminal))
     table = Table(title=f"Leaderboard — {dataset_name}, {protocol}, seed {seed} (test)")
     columns = ["ndcg@10", "recall@10", "mrr@10", "hit@10", "ndcg@20", "recall@20"]
@@ -233,20 +242,62 @@ def _seed_dir(out: Path, seed: int) -> Path:
 @app.command()
 @user_errors
 def train(
-    config: Path = typer.Option(..., "--config", "-c", help="run config (TOML)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="run config (TOML)"),
+    all_models: bool = typer.Option(
+        False, "--all", help="every model, from configs/<dataset>/<protocol>/<Model>.toml"
+    ),
+    dataset: str = typer.Option("ml-100k", help="with --all: the dataset of the configs"),
+    protocol: str = typer.Option("ratio", help="with --all: the protocol of the configs"),
 ) -> None:
-    """Fit the configured model on each seed's train split and save it under run.out."""
+    """Fit the configured model(s) on each seed's train split and save them under run.out."""
+    from recloop.models.registry import build_model
+
+    runs = run_configs(config, all_models, dataset, protocol)
+    for _, run in runs:  # a bad config fails before any data loads
+        build_model(run.model.name, run.model.config)
+    for _, run in runs:
+        train_run(run)
+
+
+def run_configs(
+    config: Path | None, all_models: bool, dataset: str, protocol: str
+) -> list[tuple[Path | None, Any]]:
+    """The run configs ``train``/``evaluate`` act on: ``--config``, or with ``--all`` one per
+    registered model (its tuned config, or its defaults with a notice when there is none)."""
+    from recloop.experiment import DataConfig
+    from recloop.models.registry import MODELS
+    from recloop.runconfig import ModelSpec, RunConfig, RunSettings, load_run_config
+
+    if (config is None) == (not all_models):
+        raise RecloopError("give either --config RUN.toml or --all")
+    if config is not None:
+        return [(config, load_run_config(config))]
+    data = DataConfig.model_validate({"dataset": dataset, "protocol": protocol})
+    found: list[tuple[Path | None, Any]] = []
+    for name in MODELS:
+        path = CONFIGS / dataset / protocol / f"{name}.toml"
+        if path.is_file():
+            found.append((path, load_run_config(path)))
+            continue
+        console.print(f"{name}: no tuned config at {path}; using its defaults")
+        settings = RunSettings(seeds=[0, 1, 2], out=Path("runs") / dataset / protocol / name)
+        found.append((None, RunConfig(data=data, model=ModelSpec(name=name), run=settings)))
+    return found
+
+
+def train_run(run: Any) -> None:
+    """Fit and save one run config's model on each of its seeds."""
     from recloop.benchmark import peak_rss_mb
     from recloop.experiment import load_data, split_data
-    from recloop.models.registry import build_model
-    from recloop.runconfig import load_run_config
+    from recloop.models.registry import build_model, model_class
 
-    run = load_run_config(config)
-    build_model(run.model.name, run.model.config)  # a bad config fails before data loads
     dataset, name = load_data(run.data)
+    seeded = "seed" in model_class(run.model.name).config_class.model_fields
     for seed in run.run.seeds:
         split = split_data(dataset, run.data, seed)
-        model = build_model(run.model.name, run.model.config)
+        # the seed sets a neural model's initialisation too, as in the benchmarks
+        config = {**run.model.config, **({"seed": seed} if seeded else {})}
+        model = build_model(run.model.name, config)
         start = time.perf_counter()
         with console.status(f"fitting {model.name} on {name}, {run.data.protocol}, seed {seed}"):
             model.fit(split, catalog=dataset.catalog, users=dataset.users)
@@ -261,23 +312,52 @@ def train(
 @app.command("evaluate")
 @user_errors
 def evaluate_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="run config (TOML)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="run config (TOML)"),
+    all_models: bool = typer.Option(
+        False, "--all", help="every model trained by `recloop train --all`, in one report"
+    ),
+    dataset: str = typer.Option("ml-100k", help="with --all: the dataset of the configs"),
+    protocol: str = typer.Option("ratio", help="with --all: the protocol of the configs"),
 ) -> None:
     """Evaluate the saved models of a run on validation and test; write results and a report."""
+    from recloop.report import ReportRun, write_report
+
+    all_runs: list[tuple[Any, Any]] = []
+    records: list[Any] = []
+    for path, run in run_configs(config, all_models, dataset, protocol):
+        runs, run_records = evaluate_run(run, path)
+        all_runs += runs
+        records += run_records
+    if all_models:
+        out = Path("runs") / dataset / protocol
+        splits = list({split.seed: split for split, _ in all_runs}.values())  # one per seed
+        report_runs = [ReportRun.from_model_run(r, split.seed) for split, r in all_runs]
+        json_path, html_path = write_report(
+            out,
+            report_runs,
+            dataset=dataset,
+            splits=splits,
+            reference="EASE" if any(r.model.name == "EASE" for _, r in all_runs) else None,
+        )
+        write_records(out / "records.json", records)
+        console.print(f"all models — report: {html_path}\nresults: {json_path}")
+
+
+def evaluate_run(run: Any, config: Path | None) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """Evaluate one run config's saved models; write its report; return its runs and records."""
     from recloop.experiment import ModelRun, evaluate_part, load_data, split_data
     from recloop.models.registry import model_class
     from recloop.report import ReportRun, write_report
-    from recloop.runconfig import load_run_config
 
-    run = load_run_config(config)
     cls = model_class(run.model.name)
+    train_hint = f"-c {config}" if config is not None else "--all"
     dataset, name = load_data(run.data)
     records, runs = [], []
     for seed in run.run.seeds:
         split = split_data(dataset, run.data, seed)
         path = _seed_dir(run.run.out, seed)
         if not (path / "manifest.json").is_file():
-            raise RecloopError(f"{path}: no saved model; run `recloop train -c {config}` first")
+            raise RecloopError(f"{path}: no saved model; run `recloop train {train_hint}` first")
         model = cls.load(path)
         ks, shown = tuple(run.run.ks), console.is_terminal
         valid = evaluate_part(model, split, dataset, "valid", ks, progress=shown)
@@ -296,6 +376,7 @@ def evaluate_cmd(
     json_path, html_path = write_report(run.run.out, report_runs, dataset=name, splits=splits)
     write_records(run.run.out / "records.json", records)
     console.print(f"report: {html_path}\nresults: {json_path}")
+    return runs, records
 
 
 @app.command()
@@ -327,7 +408,9 @@ def tune(
     def show(trial: Any) -> None:
         console.print(f"trial {trial.number}: {metric} {trial.value:.4f} {trial.params}")
 
-    result = run_tuning(search, split, data, n_trials=trials, metric=metric, on_trial=show)
+    result = run_tuning(
+        search, split, data, n_trials=trials, metric=metric, timeout=timeout, on_trial=show
+    )
     write_trials(
         trials_path,
         result,
@@ -347,7 +430,9 @@ def tune(
     )
     header = (
         f"Written by `recloop tune --space {space} --dataset {dataset} --protocol {protocol} "
-        f"--trials {trials}`.\nBest {metric} on seed 0's validation split: "
+        f"--trials {trials}"
+        + (f" --timeout {timeout:g}" if timeout is not None else "")
+        + f"`.\nBest {metric} on seed 0's validation split: "
         f"{result.best_value:.4f} after {len(result.trials)} trials."
     )
     write_run_config(target, config, header)

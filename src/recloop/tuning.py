@@ -93,9 +93,16 @@ class TuneResult:
         }
 
 
+def _encoded_choices(param: Param) -> list[Any]:
+    """Categorical choices as Optuna accepts them: lists (e.g. layer widths) become JSON text."""
+    return [json.dumps(c) if isinstance(c, list) else c for c in param.choices or []]
+
+
 def _suggest(trial: Any, name: str, param: Param) -> Any:
     if param.type == "categorical":
-        return trial.suggest_categorical(name, param.choices)
+        value = trial.suggest_categorical(name, _encoded_choices(param))
+        listed = any(isinstance(c, list) for c in param.choices or [])
+        return json.loads(value) if listed and isinstance(value, str) else value
     assert param.low is not None and param.high is not None
     if param.type == "int":
         step = int(param.step) if param.step else 1
@@ -114,8 +121,12 @@ def default_point(space: SearchSpace) -> dict[str, Any] | None:
             return None
         value = fields[name].default
         if param.type == "categorical":
+            if isinstance(value, tuple):
+                value = list(value)
             if value not in (param.choices or []):
                 return None
+            if isinstance(value, list):
+                value = json.dumps(value)  # as _suggest encodes it
         else:
             assert param.low is not None and param.high is not None  # checked by Param
             if not param.low <= value <= param.high:
