@@ -212,9 +212,6 @@ def main() -> int:
     jobs = [(p, m) for p in protocols for m in MODELS[p] if not args.model or m in args.model]
     if not jobs:
         parser.error("no (protocol, model) pair matches the selection")
-    kept: list[BenchRecord] = []
-    if RESULTS.is_file():
-        kept = [r for r in read_results(RESULTS).records if (r.protocol, r.model) not in jobs]
     PER_USER.mkdir(parents=True, exist_ok=True)
     new: list[BenchRecord] = []
     for protocol, name in jobs:
@@ -222,6 +219,9 @@ def main() -> int:
         raw: list[dict[str, Any]] = json.loads((PER_USER / f"{protocol}-{name}.json").read_text())
         (PER_USER / f"{protocol}-{name}.json").unlink()
         new += [BenchRecord.model_validate(r) for r in raw]
+    kept: list[BenchRecord] = []  # read now, so that runs of other subsets meanwhile survive
+    if RESULTS.is_file():
+        kept = [r for r in read_results(RESULTS).records if (r.protocol, r.model) not in jobs]
     order = {(p, m): i for i, (p, m) in enumerate((p, m) for p in MODELS for m in MODELS[p])}
     records = sorted(kept + new, key=lambda r: (order.get((r.protocol, r.model), 99), r.seed))
     write_results(
