@@ -69,26 +69,25 @@ def _net(steps: int = 4, reweight: bool = False) -> DiffRecNet:
     return DiffRecNet(12, (8,), 6, 0.0, linear_variance_betas(steps, 0.1, 0.01, 0.1), reweight)
 
 
-def test_loss_is_mse_of_the_x0_prediction() -> None:
-    net = _net()
+def _loss_and_replay(net: DiffRecNet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training loss and, replayed by hand with the same noise, its steps and per-row MSE."""
     x0 = (torch.rand(5, 12) < 0.3).float()
     torch.manual_seed(1)
     loss = net.training_step(x0)
     torch.manual_seed(1)
     t = torch.randint(net.steps, (5,))
     x_t = net.corrupt(x0, t, torch.randn_like(x0))
-    torch.testing.assert_close(loss, (net(x_t, t) - x0).pow(2).mean())
+    return loss, t, (net(x_t, t) - x0).pow(2).mean(dim=1)
+
+
+def test_loss_is_mse_of_the_x0_prediction() -> None:
+    loss, _, mse = _loss_and_replay(_net())
+    torch.testing.assert_close(loss, mse.mean())
 
 
 def test_reweighted_loss_uses_snr_differences() -> None:
     net = _net(reweight=True)
-    x0 = (torch.rand(5, 12) < 0.3).float()
-    torch.manual_seed(1)
-    loss = net.training_step(x0)
-    torch.manual_seed(1)
-    t = torch.randint(net.steps, (5,))
-    x_t = net.corrupt(x0, t, torch.randn_like(x0))
-    mse = (net(x_t, t) - x0).pow(2).mean(dim=1)
+    loss, t, mse = _loss_and_replay(net)
     weight = torch.tensor(
         [1.0 if s == 0 else float(net.snr[s - 1] - net.snr[s]) for s in t.tolist()]
     )
