@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	else \
 	  $(PIP) install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,text]"
 	@touch $(STAMP)
 
 quickstart: setup

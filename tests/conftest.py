@@ -38,3 +38,10 @@ def ml100k(ml100k_dir: Path):  # type: ignore[no-untyped-def]
     from recloop.datasets import movielens_100k
 
     return movielens_100k(data_dir=ml100k_dir.parent, download=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep the tests' embedding cache out of the user's ``~/.cache/recloop``."""
+    if "RECLOOP_CACHE" not in os.environ:
+        os.environ["RECLOOP_CACHE"] = str(tmp_path_factory.mktemp("recloop-cache"))

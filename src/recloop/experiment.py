@@ -20,7 +20,7 @@ from recloop.data.split import Part, Split, make_split
 from recloop.data.types import Dataset
 from recloop.errors import ConfigError
 from recloop.eval.evaluate import EvalResult, evaluate
-from recloop.models.base import ScoringRecommender
+from recloop.models.base import Recommender
 
 DatasetName = Literal["ml-100k", "ml-1m", "synthetic", "files"]
 
@@ -88,7 +88,7 @@ class _Spinner:
 class ModelRun:
     """A fitted model with its validation and test results."""
 
-    model: ScoringRecommender
+    model: Recommender
     train_seconds: float
     valid: EvalResult
     test: EvalResult
@@ -110,7 +110,7 @@ class ModelRun:
 
 
 def fit_and_evaluate(
-    model: ScoringRecommender,
+    model: Recommender,
     split: Split,
     dataset: Dataset,
     ks: tuple[int, ...] = (10, 20),
@@ -133,7 +133,7 @@ def fit_and_evaluate(
 
 
 def evaluate_part(
-    model: ScoringRecommender,
+    model: Recommender,
     split: Split,
     dataset: Dataset,
     part: Part,

@@ -125,7 +125,7 @@ class Trainer:
         cfg = self.config
         device = resolve_device(cfg.device)
         started = time.perf_counter()
-        with _threads(cfg.threads):
+        with limit_threads(cfg.threads):
             torch.manual_seed(cfg.seed)
             generator = torch.Generator().manual_seed(cfg.seed)
             module.to(device)
@@ -212,12 +212,21 @@ def _state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+def limit_threads(threads: int | None) -> Iterator[None]:
+    """Limit torch and the BLAS/OpenMP pools (NumPy, scikit-learn) to ``threads``, then restore.
+
+    ``None`` leaves every pool as it is.
+    """
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    if threads is None:
         yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
     finally:
         torch.set_num_threads(previous)
 

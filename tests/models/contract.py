@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from recloop.data import Exclusions, Interactions, Queries, Split
+from recloop.data import Catalog, Exclusions, IdMap, Interactions, Queries, Split
 from recloop.errors import ConfigError, RecloopError
-from recloop.models.base import ModelConfig, ScoringRecommender, top_k
+from recloop.models.base import ModelConfig, Recommender, ScoringRecommender, top_k
 
 GROUP_SIZES = (30, 20, 12, 8)  # users per group; unequal so popularity is not enough
 BLOCK = 20  # items per group's block
@@ -82,32 +82,63 @@ def planted() -> Planted:
     return Planted(train, np.asarray(heldout), queries, np.asarray(group))
 
 
+GENRES = ("drama", "comedy", "horror", "western")
+
+
+@lru_cache(maxsize=1)
+def planted_catalog() -> Catalog:
+    """Item text for the planted data: a block's items share their genre word."""
+    n = len(GROUP_SIZES) * BLOCK
+    genre = [GENRES[i // BLOCK] for i in range(n)]
+    return Catalog(
+        IdMap([str(i) for i in range(n)]),
+        [f"Film {i}" for i in range(n)],
+        [f"Film {i}. Genres: {g}, {g} cinema" for i, g in enumerate(genre)],
+        {"genres": [[g] for g in genre]},
+    )
+
+
 def hit_rate(recommended: np.ndarray, heldout: np.ndarray) -> float:
     """Hit@K straight from ``recommend`` output: share of rows whose list holds their item."""
     return float((recommended == heldout[:, None]).any(axis=1).mean())
 
 
-class ModelContract:
-    """Mixin of contract tests; subclasses set ``model_class`` and the config hooks."""
+class RecommenderContract:
+    """Contract tests every model passes through ``recommend`` alone (TIGER included).
 
-    model_class: ClassVar[type[ScoringRecommender]]
+    Subclasses set ``model_class`` and the config hooks; models that read item text set
+    ``uses_catalog`` and are fitted with :func:`planted_catalog`.
+    """
+
+    model_class: ClassVar[type[Any]]
     personalised: ClassVar[bool] = True  # False only for Popular: exempt from the Hit@10 floor
+    uses_catalog: ClassVar[bool] = False  # fit with the planted item text
+    artifact_files: ClassVar[list[str]] = ["manifest.json", "weights.safetensors"]
     invalid_configs: ClassVar[list[dict[str, Any]]] = []  # field values that must be refused
 
     def make_config(self) -> ModelConfig:
         """A tiny, fast config that still solves the planted data."""
         raise NotImplementedError
 
-    def make_model(self) -> ScoringRecommender:
+    def make_model(self) -> Any:
         return self.model_class(self.make_config())
+
+    def fit(self, model: Any, data: Split | Interactions) -> Any:
+        return model.fit(data, catalog=planted_catalog() if self.uses_catalog else None)
 
     @pytest.fixture(scope="class")
     @classmethod
-    def fitted(cls) -> ScoringRecommender:
-        return cls().make_model().fit(planted().train)
+    def fitted(cls) -> Recommender:
+        contract = cls()
+        return contract.fit(contract.make_model(), planted().train)  # type: ignore[no-any-return]
+
+    def outputs(self, model: Any, queries: Queries) -> list[np.ndarray]:
+        """What must not change across save/load, refits and calls: the full ranking."""
+        items, scores = model.recommend(queries, planted().n_items)
+        return [items, scores]
 
     # -- (a) quality on planted data ---------------------------------------------------
-    def test_planted_hit_at_10(self, fitted: ScoringRecommender) -> None:
+    def test_planted_hit_at_10(self, fitted: Any) -> None:
         data = planted()
         items, _ = fitted.recommend(data.queries, K)
         hit = hit_rate(items, data.heldout)
@@ -116,7 +147,7 @@ class ModelContract:
         else:  # the data need personalisation: popularity must not solve them
             assert hit < 0.9
 
-    def test_unknown_users_scored_by_the_model(self, fitted: ScoringRecommender) -> None:
+    def test_unknown_users_scored_by_the_model(self, fitted: Any) -> None:
         data = planted()
         items, _, source = fitted.recommend_labelled(data.unknown_queries(), K)
         assert (source == fitted.name).all()
@@ -124,26 +155,19 @@ class ModelContract:
             hit = hit_rate(items, data.heldout)
             assert hit >= 0.9, f"{fitted.name} Hit@10 {hit:.3f} < 0.9 for unknown users"
 
-    def test_score_shape_and_type(self, fitted: ScoringRecommender) -> None:
-        data = planted()
-        scores = fitted.score(data.queries)
-        assert scores.shape == (len(data.queries), data.n_items)
-        assert scores.dtype == np.float32
-        assert np.isfinite(scores).all()
-
     # -- (b) save / load ---------------------------------------------------------------
-    def test_save_load_round_trip(self, fitted: ScoringRecommender, tmp_path: Path) -> None:
+    def test_save_load_round_trip(self, fitted: Any, tmp_path: Path) -> None:
         fitted.save(tmp_path / "model")
-        assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-            "manifest.json",
-            "weights.safetensors",
-        ]
+        assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(self.artifact_files)
         manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
         assert manifest["model"] == fitted.name
         loaded = self.model_class.load(tmp_path / "model")
         assert loaded.config == fitted.config
         for queries in self._mixed_queries():
-            np.testing.assert_array_equal(loaded.score(queries), fitted.score(queries))
+            for a, b in zip(
+                self.outputs(loaded, queries), self.outputs(fitted, queries), strict=True
+            ):
+                np.testing.assert_array_equal(a, b)
             for a, b in zip(
                 loaded.recommend_labelled(queries, K),
                 fitted.recommend_labelled(queries, K),
@@ -151,7 +175,7 @@ class ModelContract:
             ):
                 np.testing.assert_array_equal(a, b)
 
-    def test_load_refuses_another_model(self, fitted: ScoringRecommender, tmp_path: Path) -> None:
+    def test_load_refuses_another_model(self, fitted: Any, tmp_path: Path) -> None:
         fitted.save(tmp_path / "model")
         manifest = tmp_path / "model" / "manifest.json"
         text = json.loads(manifest.read_text())
@@ -161,16 +185,14 @@ class ModelContract:
             self.model_class.load(tmp_path / "model")
 
     # -- (c) exclusions ----------------------------------------------------------------
-    def test_history_excluded_by_default(self, fitted: ScoringRecommender) -> None:
+    def test_history_excluded_by_default(self, fitted: Any) -> None:
         data = planted()
         items, scores = fitted.recommend(data.queries, K)
         for row in range(len(data.queries)):
             assert not set(items[row].tolist()) & set(data.queries.history(row).tolist())
         assert (np.diff(scores, axis=1) <= 0).all()
 
-    def test_custom_exclusions_exclude_exactly_what_they_say(
-        self, fitted: ScoringRecommender
-    ) -> None:
+    def test_custom_exclusions_exclude_exactly_what_they_say(self, fitted: Any) -> None:
         data = planted()
         queries = data.queries.take(np.arange(6))
         n = data.n_items
@@ -178,19 +200,14 @@ class ModelContract:
         custom = [sorted(rng.choice(n, size=int(rng.integers(0, 6)), replace=False).tolist())
                   for _ in range(len(queries))]  # fmt: skip
         items, scores = fitted.recommend(queries, n, Exclusions.from_lists(custom))
-        full = fitted.score(queries)
         for row, banned in enumerate(custom):
             shown = items[row][items[row] >= 0]
-            allowed = set(range(n)) - set(banned)
-            assert set(shown.tolist()) == {i for i in allowed if np.isfinite(full[row, i])}
+            assert set(shown.tolist()) == set(range(n)) - set(banned)
             assert len(shown) == len(set(shown.tolist()))
             assert (items[row][len(shown) :] == -1).all()
             assert np.isneginf(scores[row][len(shown) :]).all()
-        # the ranking is the model's score order with ties to the lower item index
-        expected, _ = top_k(full, n, Exclusions.from_lists(custom).to_csr(n))
-        np.testing.assert_array_equal(items, expected)
 
-    def test_empty_custom_exclusions_allow_history(self, fitted: ScoringRecommender) -> None:
+    def test_empty_custom_exclusions_allow_history(self, fitted: Any) -> None:
         data = planted()
         n = data.n_items
         queries = data.queries.take(np.arange(4))
@@ -198,7 +215,7 @@ class ModelContract:
         for row in range(len(queries)):
             assert set(queries.history(row).tolist()) <= set(items[row].tolist())
 
-    def test_padding_when_k_exceeds_available_items(self, fitted: ScoringRecommender) -> None:
+    def test_padding_when_k_exceeds_available_items(self, fitted: Any) -> None:
         data = planted()
         n = data.n_items
         items, scores = fitted.recommend(data.queries, n + 5)
@@ -211,26 +228,21 @@ class ModelContract:
             assert (items[row, :m] >= 0).all() and (items[row, m:] == -1).all()
             assert np.isneginf(scores[row, m:]).all() and np.isfinite(scores[row, :m]).all()
 
-    def test_non_positive_k_rejected(self, fitted: ScoringRecommender) -> None:
+    def test_non_positive_k_rejected(self, fitted: Any) -> None:
         with pytest.raises(ConfigError):
             fitted.recommend(planted().queries, 0)
 
     # -- (d) the popularity fallback is for empty histories only ----------------------
-    def test_empty_history_gets_popularity_labelled_popular(
-        self, fitted: ScoringRecommender
-    ) -> None:
+    def test_empty_history_gets_popularity_labelled_popular(self, fitted: Any) -> None:
         data = planted()
         queries = Queries.from_lists([0, -1, 3, -1], [[], [], data.queries.history(3), [5, 6]])
-        scores = fitted.score(queries)
-        np.testing.assert_array_equal(scores[0], fitted.popularity_)
-        np.testing.assert_array_equal(scores[1], fitted.popularity_)
         items, _, source = fitted.recommend_labelled(queries, K)
         assert source.tolist() == ["popular", "popular", fitted.name, fitted.name]
         expected, _ = top_k(fitted.popularity_[None, :], K)
         np.testing.assert_array_equal(items[0], expected[0])
         np.testing.assert_array_equal(items[1], expected[0])
 
-    def test_histories_are_not_served_popularity(self, fitted: ScoringRecommender) -> None:
+    def test_histories_are_not_served_popularity(self, fitted: Any) -> None:
         data = planted()
         popular = np.broadcast_to(fitted.popularity_, (len(data.queries), data.n_items))
         as_popular, _ = top_k(
@@ -244,32 +256,38 @@ class ModelContract:
             else:
                 assert differs == 0
 
-    def test_queries_and_exclusions_are_not_mutated(self, fitted: ScoringRecommender) -> None:
+    def test_queries_and_exclusions_are_not_mutated(self, fitted: Any) -> None:
         queries = Queries.from_lists([0, -1, 2], [[7, 3, 3, 1], [2, 0], []])
         exclude = Exclusions.from_lists([[9, 4, 4], [], [1, 0]])
         copies = [a.copy() for a in (queries.history_indptr, queries.history_items)]
         copies += [a.copy() for a in (exclude.indptr, exclude.items)]
         fitted.recommend(queries, K)
         fitted.recommend(queries, K, exclude)
-        fitted.score(queries)
+        self.outputs(fitted, queries)
         now = [queries.history_indptr, queries.history_items, exclude.indptr, exclude.items]
         for before, after in zip(copies, now, strict=True):
             np.testing.assert_array_equal(after, before)
 
     # -- (e) determinism ---------------------------------------------------------------
-    def test_deterministic(self, fitted: ScoringRecommender) -> None:
-        again = self.make_model().fit(planted().train)
+    def test_deterministic(self, fitted: Any) -> None:
+        again = self.fit(self.make_model(), planted().train)
         for queries in self._mixed_queries():
-            np.testing.assert_array_equal(again.score(queries), fitted.score(queries))
+            for a, b in zip(
+                self.outputs(again, queries), self.outputs(fitted, queries), strict=True
+            ):
+                np.testing.assert_array_equal(a, b)
 
-    def test_fit_on_split_learns_from_train_only(self, fitted: ScoringRecommender) -> None:
+    def test_fit_on_split_learns_from_train_only(self, fitted: Any) -> None:
         data = planted()
         extra = Interactions.from_arrays(
             np.arange(10), np.full(10, 0), users=data.train.users, items=data.train.items
         )
         split = Split("loo", 0, data.train, extra, extra)
-        model = self.make_model().fit(split)
-        np.testing.assert_array_equal(model.score(data.queries), fitted.score(data.queries))
+        model = self.fit(self.make_model(), split)
+        for a, b in zip(
+            self.outputs(model, data.queries), self.outputs(fitted, data.queries), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
 
     # -- (f) configs ---------------------------------------------------------------------
     def test_wrong_config_type_rejected(self) -> None:
@@ -298,11 +316,9 @@ class ModelContract:
         with pytest.raises(RecloopError, match="not fitted"):
             model.recommend(planted().queries, K)
         with pytest.raises(RecloopError, match="not fitted"):
-            model.score(planted().queries)
-        with pytest.raises(RecloopError, match="not fitted"):
             model.save(tmp_path / "model")
 
-    def test_item_beyond_catalogue_raises(self, fitted: ScoringRecommender) -> None:
+    def test_item_beyond_catalogue_raises(self, fitted: Any) -> None:
         queries = Queries.from_lists([-1], [[planted().n_items + 3]])
         with pytest.raises(RecloopError, match="beyond"):
             fitted.recommend(queries, K)
@@ -324,6 +340,46 @@ class ModelContract:
             ],
         )
         return [data.queries, data.unknown_queries(), changed]
+
+
+class ModelContract(RecommenderContract):
+    """The contract for models that score the whole catalogue (all but TIGER)."""
+
+    model_class: ClassVar[type[ScoringRecommender]]
+
+    def outputs(self, model: Any, queries: Queries) -> list[np.ndarray]:
+        return [model.score(queries)]
+
+    def test_score_shape_and_type(self, fitted: ScoringRecommender) -> None:
+        data = planted()
+        scores = fitted.score(data.queries)
+        assert scores.shape == (len(data.queries), data.n_items)
+        assert scores.dtype == np.float32
+        assert np.isfinite(scores).all()
+
+    def test_ranking_is_the_score_order(self, fitted: ScoringRecommender) -> None:
+        data = planted()
+        queries = data.queries.take(np.arange(6))
+        n = data.n_items
+        rng = np.random.default_rng(1)
+        custom = Exclusions.from_lists(
+            [sorted(rng.choice(n, size=int(rng.integers(0, 6)), replace=False).tolist())
+             for _ in range(len(queries))]
+        )  # fmt: skip
+        items, _ = fitted.recommend(queries, n, custom)
+        # the ranking is the model's score order with ties to the lower item index
+        expected, _ = top_k(fitted.score(queries), n, custom.to_csr(n))
+        np.testing.assert_array_equal(items, expected)
+
+    def test_empty_history_scores_are_popularity(self, fitted: ScoringRecommender) -> None:
+        queries = Queries.from_lists([0, -1], [[], []])
+        scores = fitted.score(queries)
+        np.testing.assert_array_equal(scores[0], fitted.popularity_)
+        np.testing.assert_array_equal(scores[1], fitted.popularity_)
+
+    def test_unfitted_model_cannot_score(self) -> None:
+        with pytest.raises(RecloopError, match="not fitted"):
+            self.make_model().score(planted().queries)
 
 
 class _OtherConfig(ModelConfig):

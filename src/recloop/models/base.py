@@ -39,6 +39,9 @@ class Recommender(Protocol):
     @property
     def config(self) -> ModelConfig: ...
 
+    @property
+    def name(self) -> str: ...
+
     def fit(
         self,
         data: Split | Interactions,
@@ -197,6 +200,14 @@ class ScoringRecommender:
     def _set_state(self, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
         return None
 
+    def _save_extra(self, path: Path) -> None:
+        """Write what does not fit the weights file (e.g. a tokenizer) under ``path``."""
+        return None
+
+    def _load_extra(self, path: Path) -> None:
+        """Read what :meth:`_save_extra` wrote; runs before :meth:`_set_state`."""
+        return None
+
     # -- the contract -----------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -258,6 +269,7 @@ class ScoringRecommender:
         arrays = {"popularity": self.popularity_, **self._state()}
         extra = {"n_users": self.n_users_, "n_items": self.n_items_}
         write_artifact(path, self.name, self.config, arrays, extra)
+        self._save_extra(Path(path))
 
     @classmethod
     def load(cls, path: Path) -> Self:
@@ -266,5 +278,6 @@ class ScoringRecommender:
         model.n_users_ = int(manifest["n_users"])
         model.n_items_ = int(manifest["n_items"])
         model.popularity_ = arrays.pop("popularity")
+        model._load_extra(Path(path))
         model._set_state(arrays, manifest)
         return model

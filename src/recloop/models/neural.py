@@ -119,18 +119,7 @@ class NeuralRecommender(ScoringRecommender):
 
     def _validation(self) -> Callable[[], float] | None:
         """NDCG@10 on the split's validation part, when early stopping has one to use."""
-        split = self._split
-        if not (self.config.early_stopping and split is not None and len(split.valid)):
-            return None
-        from recloop.eval.evaluate import evaluate
-
-        valid = split.evaluation_set("valid")
-
-        def ndcg_at_10() -> float:
-            result = evaluate(self, valid, (10,), progress=False, n_items=self.n_items_)
-            return float(result.metrics["ndcg@10"])
-
-        return ndcg_at_10
+        return validation_ndcg(self, self._split if self.config.early_stopping else None)
 
     @torch.no_grad()
     def _score(self, queries: Queries) -> np.ndarray:
@@ -152,6 +141,24 @@ class NeuralRecommender(ScoringRecommender):
         self.net_ = self._build(self.n_items_)
         load_numpy_state(self.net_, {k.removeprefix("net."): v for k, v in arrays.items()})
         self.net_.to(resolve_device("cpu")).eval()
+
+
+def validation_ndcg(model: Any, split: Split | None) -> Callable[[], float] | None:
+    """A function returning ``model``'s NDCG@10 on ``split``'s validation part (None if empty).
+
+    Used as the :class:`recloop.training.Trainer`'s early-stopping metric.
+    """
+    if split is None or not len(split.valid):
+        return None
+    from recloop.eval.evaluate import evaluate
+
+    valid = split.evaluation_set("valid")
+
+    def ndcg_at_10() -> float:
+        result = evaluate(model, valid, (10,), progress=False, n_items=model.n_items_)
+        return float(result.metrics["ndcg@10"])
+
+    return ndcg_at_10
 
 
 def user_vector_batches(train: Interactions, batch_size: int) -> BatchFactory:

@@ -9,14 +9,20 @@ from pydantic import ValidationError
 from recloop.errors import ConfigError
 from recloop.models.base import ScoringRecommender
 from recloop.models.bpr import BPR
+from recloop.models.content_knn import ContentKNN
 from recloop.models.diffrec import DiffRec
 from recloop.models.ease import EASE
 from recloop.models.itemknn import ItemKNN
 from recloop.models.multvae import MultDAE, MultVAE
 from recloop.models.popular import Popular
 from recloop.models.sasrec import SASRec
+from recloop.models.sid_sasrec import SIDSASRec
+from recloop.models.tiger import TIGER
 
-MODELS: dict[str, type[ScoringRecommender]] = {
+Model = ScoringRecommender | TIGER
+"""Every registered model: the scoring models and the generative retriever."""
+
+MODELS: dict[str, type[Model]] = {
     "Popular": Popular,
     "ItemKNN": ItemKNN,
     "EASE": EASE,
@@ -25,10 +31,13 @@ MODELS: dict[str, type[ScoringRecommender]] = {
     "MultDAE": MultDAE,
     "DiffRec": DiffRec,
     "SASRec": SASRec,
+    "ContentKNN": ContentKNN,
+    "SIDSASRec": SIDSASRec,
+    "TIGER": TIGER,
 }
 
 
-def model_class(name: str) -> type[ScoringRecommender]:
+def model_class(name: str) -> type[Model]:
     try:
         return MODELS[name]
     except KeyError:
@@ -36,7 +45,7 @@ def model_class(name: str) -> type[ScoringRecommender]:
         raise ConfigError(f"unknown model {name!r} (known: {known})") from None
 
 
-def build_model(name: str, config: dict[str, Any] | None = None) -> ScoringRecommender:
+def build_model(name: str, config: dict[str, Any] | None = None) -> Model:
     """A model from its class name and a plain dict of hyper-parameters, validated."""
     cls = model_class(name)
     try:

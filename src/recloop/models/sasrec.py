@@ -112,14 +112,19 @@ class SASRecNet(TrainableModule):
         if length > self.max_len:
             raise ConfigError(f"sequence of length {length} is longer than max_len {self.max_len}")
         pos = torch.arange(length, device=seq.device)
-        h = self.drop(self.items(seq) * self.items.embedding_dim**0.5 + self.positions(pos))
+        scale = self.positions.embedding_dim**0.5
+        h = self.drop(self.item_table()[seq] * scale + self.positions(pos))
         mask = self.causal[:length, :length]
         out: torch.Tensor = self.blocks(h, mask=mask, is_causal=True)
         return out
 
+    def item_table(self) -> torch.Tensor:
+        """Every item's input/output embedding (n_items + 1, d); the last row is padding."""
+        return self.items.weight
+
     def item_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of every real item (…, n_items) for hidden states (…, d)."""
-        return hidden @ self.items.weight[: self.n_items].T
+        return hidden @ self.item_table()[: self.n_items].T
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the next item at every non-pad position, in one causal pass."""
@@ -130,8 +135,9 @@ class SASRecNet(TrainableModule):
         if self.loss == "softmax":
             return F.cross_entropy(self.item_logits(h).float(), y)
         negatives = torch.randint(self.n_items, (self.n_negatives,), device=h.device)
-        pos = (h * self.items(y)).sum(dim=1, keepdim=True)
-        neg = h @ self.items(negatives).T
+        table = self.item_table()
+        pos = (h * table[y]).sum(dim=1, keepdim=True)
+        neg = h @ table[negatives].T
         neg = neg.masked_fill(negatives[None, :] == y[:, None], float("-inf"))  # not the target
         logits = torch.cat([pos, neg], dim=1).float()
         return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=h.device))
@@ -146,7 +152,15 @@ def training_windows(
     chunk ending at ``b = n`` and, with ``every_chunk``, at ``n - max_len``, ``n - 2·max_len``…
     Inputs are padded with ``n_items``, targets with :data:`PAD`.
     """
-    inputs, targets = [], []
+    inputs, targets, _ = owned_training_windows(indptr, items, max_len, n_items, every_chunk)
+    return inputs, targets
+
+
+def owned_training_windows(
+    indptr: np.ndarray, items: np.ndarray, max_len: int, n_items: int, every_chunk: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`training_windows` plus the user (CSR row) each window comes from."""
+    inputs, targets, owners = [], [], []
     for u in range(len(indptr) - 1):
         seq = items[indptr[u] : indptr[u + 1]]
         end = len(seq)
@@ -158,12 +172,13 @@ def training_windows(
             row_x[: len(x)], row_y[: len(y)] = x, y
             inputs.append(row_x)
             targets.append(row_y)
+            owners.append(u)
             if not every_chunk:
                 break
             end -= max_len
     if not inputs:
-        raise ConfigError("SASRec needs at least one user with two or more train interactions")
-    return np.stack(inputs), np.stack(targets)
+        raise ConfigError("training needs at least one user with two or more train interactions")
+    return np.stack(inputs), np.stack(targets), np.asarray(owners, dtype=np.int64)
 
 
 def last_items(queries: Queries, max_len: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
