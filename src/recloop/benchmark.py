@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recloop.errors import ConfigError
 
-PROTOCOL_NAMES = ("loo", "ratio", "temporal", "cold_items")
+PROTOCOL_NAMES = ("loo", "ratio", "temporal", "cold_items", "all")  # all: no split
 _DATASET = re.compile(r"^(ml-100k|ml-1m|synthetic-[A-Za-z0-9_.=,-]+)$")
 RESULTS_DIR = Path("bench/results")
 
@@ -41,7 +41,7 @@ class BenchRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(description="ml-100k, ml-1m or synthetic-<parameters>")
-    protocol: str = Field(description="loo, ratio, temporal or cold_items")
+    protocol: str = Field(description="loo, ratio, temporal, cold_items, or all (no split)")
     seed: int
     model: str = Field(description="the model's class name, e.g. EASE")
     config: dict[str, Any] = Field(default_factory=dict, description="hyper-parameters")

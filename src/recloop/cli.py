@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect and validate data files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+sid_app = typer.Typer(help="Build and inspect Semantic IDs of a catalogue.", no_args_is_help=True)
+app.add_typer(sid_app, name="semantic-ids")
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 P = ParamSpec("P")
@@ -437,3 +439,284 @@ def tune(
     )
     write_run_config(target, config, header)
     console.print(f"best {metric} {result.best_value:.4f}: {result.best_config} → {target}")
+
+
+# ---------------------------------------------------------------------------- semantic-ids
+SID_DATASETS = ("ml-100k", "ml-1m", "synthetic")
+SID_TOKENIZERS = ("rqvae", "rkmeans")
+SID_REPORT = "report.json"
+SID_COLUMNS = (  # level_report key, table header, format
+    ("utilisation", "utilisation", ".3f"),
+    ("perplexity", "perplexity", ".1f"),
+    ("reconstruction_mse", "recon. MSE", ".3g"),
+    ("collision_rate", "collision rate", ".3f"),
+    ("coherence_prefix_jaccard", "prefix Jaccard", ".4f"),
+    ("coherence_random_jaccard", "random Jaccard", ".4f"),
+    ("coherence_lift", "lift", ".2f"),
+)
+
+
+def _sid_root(dataset: str) -> Path:
+    """Where ``semantic-ids build`` writes by default: one folder per tokenizer and embedder."""
+    return Path("runs") / dataset / "semantic_ids"
+
+
+def _sid_dataset(name: str) -> Any:
+    """The dataset ``--dataset`` names; Semantic IDs need its catalogue's item texts."""
+    from recloop.experiment import DataConfig, load_data
+
+    if name not in SID_DATASETS:
+        raise RecloopError(f"--dataset must be one of {', '.join(SID_DATASETS)}, not {name!r}")
+    with console.status(f"loading {name}"):
+        dataset, _ = load_data(DataConfig.model_validate({"dataset": name}))
+    if dataset.catalog is None:
+        raise RecloopError(f"{name} has no item catalogue to build Semantic IDs from")
+    return dataset
+
+
+def _sid_config(path: Path | None, options: dict[str, Any]) -> Any:
+    """The :class:`SemanticIdConfig` of a TOML file's ``[semantic_ids]`` table with the
+    command-line options on top; an error names the field and where its value came from."""
+    from recloop.runconfig import read_toml
+    from recloop.semantic_ids.build import SemanticIdConfig
+
+    table: dict[str, Any] = {}
+    if path is not None:
+        raw = read_toml(path)
+        extra = sorted(set(raw) - {"semantic_ids"})
+        if extra:
+            raise RecloopError(
+                f"{path}: unknown field '{extra[0]}' (settings go in a [semantic_ids] table)"
+            )
+        table = raw.get("semantic_ids", {})
+        if not isinstance(table, dict):
+            raise RecloopError(f"{path}: 'semantic_ids' must be a table")
+    source: dict[tuple[str, ...], str] = {}  # field → the option that set it
+
+    def put(keys: tuple[str, ...], value: Any, option: str) -> None:
+        target = table
+        for depth, key in enumerate(keys[:-1]):
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                field = ".".join(("semantic_ids", *keys[: depth + 1]))
+                raise RecloopError(f"{path}: field '{field}' must be a table")
+        target[keys[-1]] = value
+        source[keys] = option
+
+    if options["embedder"] is not None:
+        put(("embedder", "kind"), options["embedder"], "--embedder")
+    if options["tokenizer"] is not None:
+        put(("tokenizer",), options["tokenizer"], "--tokenizer")
+    tokenizer = table.get("tokenizer", "rqvae")
+    if tokenizer in SID_TOKENIZERS:  # else validation reports the tokenizer itself
+        for name in ("levels", "codebook_size", "seed"):
+            if options[name] is not None:
+                put((tokenizer, name), options[name], "--" + name.replace("_", "-"))
+    if options["seed"] is not None:
+        put(("embedder", "seed"), options["seed"], "--seed")
+    try:
+        return SemanticIdConfig.model_validate(table)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(str(p) for p in err["loc"])
+        where = source.get(loc) or (str(path) if path is not None else "semantic-ids config")
+        field = ".".join(("semantic_ids", *loc))
+        raise RecloopError(f"{where}: field '{field}': {err['msg']}") from None
+
+
+def _with_progress(config: Any) -> Any:
+    """Turn on RQ-VAE's training progress bar on a terminal (residual k-means has none)."""
+    if config.tokenizer != "rqvae" or not console.is_terminal or config.rqvae.progress:
+        return config
+    return config.model_copy(update={"rqvae": config.rqvae.model_copy(update={"progress": True})})
+
+
+def _sid_text(values: Any, suffix: bool = True) -> str:
+    """A Semantic ID as ``(12, 201, 7 | 0)``: the codes, then the collision suffix."""
+    codes = [str(int(v)) for v in values]
+    if suffix:
+        return f"({', '.join(codes[:-1])} | {codes[-1]})"
+    return f"({', '.join(codes)}, *)"
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+@sid_app.command("build")
+@user_errors
+def semantic_ids_build(
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or synthetic"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML file with a \\[semantic_ids] table"
+    ),
+    embedder: str | None = typer.Option(
+        None, help="sentence-transformers or tfidf", show_default="sentence-transformers"
+    ),
+    tokenizer: str | None = typer.Option(None, help="rqvae or rkmeans", show_default="rqvae"),
+    levels: int | None = typer.Option(
+        None, help="codes per ID before the suffix", show_default="3"
+    ),
+    codebook_size: int | None = typer.Option(None, help="codes per level, K", show_default="256"),
+    out: Path | None = typer.Option(
+        None,
+        help="artifact folder",
+        show_default="runs/<dataset>/semantic_ids/<tokenizer>-<embedder>",
+    ),
+    seed: int | None = typer.Option(
+        None, help="tokenizer, TF-IDF SVD and report sampling seed", show_default="0"
+    ),
+) -> None:
+    """Build Semantic IDs for a whole catalogue, save them and report quality per level.
+
+    Options override the config file; the artifacts and report.json go to --out.
+    """
+    from recloop.semantic_ids.build import SemanticIds
+    from recloop.semantic_ids.embed import ItemTextBuilder, embed_items
+    from recloop.semantic_ids.quality import level_report
+
+    options = {"embedder": embedder, "tokenizer": tokenizer, "levels": levels}
+    options |= {"codebook_size": codebook_size, "seed": seed}
+    sid_config = _sid_config(config, options)  # a bad config fails before data loads
+    tokenizer_config = sid_config.tokenizer_config()
+    data = _sid_dataset(dataset)
+    catalog = data.catalog
+    kind = f"{sid_config.tokenizer}-{sid_config.embedder.kind}"
+    target = out if out is not None else _sid_root(dataset) / kind
+    console.print(
+        f"[bold]{dataset}[/]: {len(catalog):,} items; {sid_config.embedder.kind} embeddings, "
+        f"{sid_config.tokenizer} with {tokenizer_config.levels} levels × "
+        f"{tokenizer_config.codebook_size} codes, seed {tokenizer_config.seed}"
+    )
+    started = time.perf_counter()
+    sids = SemanticIds.build(catalog, _with_progress(sid_config), progress=console.is_terminal)
+    sids.config = sid_config  # saved without the display-only progress flag
+    build_seconds = time.perf_counter() - started
+    sids.save(target)
+    with console.status("measuring every level"):
+        report_started = time.perf_counter()
+        texts = ItemTextBuilder(template=sid_config.text_template).texts(catalog)
+        vectors = embed_items(texts, sids.embedder)  # from the cache the build filled
+        interactions = data.interactions.positive().to_csr()
+        rows = level_report(
+            vectors, sids.codes[:, :-1], sids.tokenizer, interactions, seed=tokenizer_config.seed
+        )
+        report_seconds = time.perf_counter() - report_started
+    suffix = sids.codes[:, -1]
+    report = {
+        "dataset": dataset,
+        "n_items": len(sids.codes),
+        "config": sid_config.model_dump(mode="json"),
+        "embedder": sids.embedder.identity,
+        "vocab": list(sids.vocab),
+        "collisions": int(np.count_nonzero(suffix)),
+        "max_suffix": int(suffix.max(initial=0)),
+        "coherence_interactions": "positive interactions, binary users × items",
+        "levels": rows,
+        "seconds": {"build": round(build_seconds, 3), "report": round(report_seconds, 3)},
+    }
+    (target / SID_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+
+    table = Table(title=f"Semantic IDs — {dataset}, {kind}, vocab {list(sids.vocab)}")
+    table.add_column("level", justify="right")
+    for _, header, _ in SID_COLUMNS:
+        table.add_column(header, justify="right")
+    for row in rows:
+        cells = [_cell(row[key], spec) for key, _, spec in SID_COLUMNS]
+        table.add_row(str(row["level"]), *cells)
+    console.print(table)
+    console.print(
+        f"{report['collisions']:,} items needed a collision suffix (largest {report['max_suffix']})"
+        f"\nSemantic IDs: {target}\nreport: {target / SID_REPORT}\n"
+        f"built in {build_seconds:.1f} s, measured in {report_seconds:.1f} s"
+    )
+
+
+def _newest_sids(dataset: str) -> Path:
+    """The most recently built folder under ``runs/<dataset>/semantic_ids``."""
+    root = _sid_root(dataset)
+    found = sorted(root.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise RecloopError(
+            f"no Semantic IDs under {root}; run `recloop semantic-ids build --dataset {dataset}` "
+            "first (or give --ids DIR)"
+        )
+    if len(found) > 1:
+        console.print(f"using the newest of {len(found)} under {root} (choose one with --ids)")
+    return found[-1].parent
+
+
+@sid_app.command("inspect")
+@user_errors
+def semantic_ids_inspect(
+    item: str = typer.Argument(..., help="external item id, as in the dataset"),
+    ids: Path | None = typer.Option(
+        None,
+        help="folder written by build",
+        show_default="the newest under runs/<dataset>/semantic_ids",
+    ),
+    dataset: str = typer.Option("ml-100k", help="ml-100k, ml-1m or synthetic"),
+    neighbours: int = typer.Option(5, help="items listed per prefix depth"),
+) -> None:
+    """Show ITEM's Semantic ID and the items sharing each prefix of it, most specific last.
+
+    Neighbours are listed most interacted-with first.
+    """
+    from recloop.semantic_ids.build import MANIFEST, SemanticIds
+
+    if neighbours < 0:
+        raise RecloopError(f"--neighbours must be 0 or more, not {neighbours}")
+    if ids is None:
+        folder = _newest_sids(dataset)
+    elif not (ids / MANIFEST).is_file():
+        raise RecloopError(f"{ids}: no Semantic IDs there; run `recloop semantic-ids build` first")
+    else:
+        folder = ids
+    report_path = folder / SID_REPORT
+    built_on = json.loads(report_path.read_text()).get("dataset") if report_path.is_file() else None
+    if built_on is not None and built_on != dataset:
+        raise RecloopError(f"{folder} holds Semantic IDs of {built_on}; pass --dataset {built_on}")
+    sids = SemanticIds.load(folder)
+    data = _sid_dataset(dataset)
+    catalog = data.catalog
+    codes = sids.codes
+    if len(codes) != len(catalog):
+        raise RecloopError(
+            f"{folder} holds {len(codes):,} Semantic IDs but {dataset} has {len(catalog):,} items; "
+            "rebuild them with `recloop semantic-ids build`"
+        )
+    index = int(catalog.items.index([item], unknown="new")[0])
+    if index < 0:
+        needle = item.casefold()
+        matches = [i for i, title in enumerate(catalog.title) if needle in title.casefold()]
+        hint = ""
+        if matches:
+            named = ", ".join(f"{catalog.items.id_of(i)} ({catalog.title[i]})" for i in matches[:5])
+            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+            hint = f"; titles containing {item!r}: {named}{more}"
+        raise RecloopError(f"no item with id {item!r} in {dataset}{hint}")
+
+    from rich.markup import escape
+
+    popularity = data.interactions.positive().item_counts()
+    console.print(f"Semantic IDs: {folder}")
+    console.print(f"[bold]{escape(catalog.title[index])}[/] (item {escape(item)}, {dataset})")
+    console.print(
+        f"Semantic ID {_sid_text(codes[index])}: {sids.levels} levels and a collision suffix, "
+        f"vocab {list(sids.vocab)}"
+    )
+    for depth in range(1, sids.levels + 1):
+        shared = (codes[:, :depth] == codes[index, :depth]).all(axis=1)
+        shared[index] = False
+        others = np.flatnonzero(shared)
+        others = others[np.lexsort((others, -popularity[others]))]  # most popular first
+        n = len(others)
+        count = "1 other item shares it" if n == 1 else f"{n:,} other items share it"
+        listed = ", most interacted-with:" if neighbours and n else ""
+        prefix = _sid_text(codes[index, :depth], suffix=False)
+        console.print(f"depth {depth} {prefix}: {count}{listed}")
+        for other in others[:neighbours]:
+            console.print(
+                f"  {escape(catalog.items.id_of(int(other))):>8}  {escape(catalog.title[other])}"
+                f"  {_sid_text(codes[other])}"
+            )

@@ -181,3 +181,16 @@ def test_cold_share_zero_never_shows_cold_items() -> None:
 def test_tiger_needs_a_catalogue() -> None:
     with pytest.raises(RecloopError, match="catalog"):
         TIGER(TIGERConfig(**FAST)).fit(planted().train)  # type: ignore[arg-type]
+
+
+def test_free_decoding_marks_ids_that_are_no_allowed_item(tiger: TIGER) -> None:
+    data = planted()
+    items, scores = tiger.recommend(data.queries, 10, constrained=False)
+    assert items.shape == (len(data.queries), 10)
+    assert np.isfinite(scores).all() and (np.diff(scores, axis=1) <= 1e-6).all()
+    for row in range(len(items)):
+        shown = items[row][items[row] >= 0]
+        assert not set(shown.tolist()) & set(data.queries.history(row).tolist())
+    # constrained decoding fills every slot; free decoding can only lose slots
+    constrained, _ = tiger.recommend(data.queries, 10)
+    assert (constrained >= 0).all()

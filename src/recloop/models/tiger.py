@@ -175,18 +175,31 @@ class TIGER:
             raise RecloopError("TIGER is not fitted; call fit() first")
 
     def recommend(
-        self, queries: Queries, k: int, exclude: Exclusions | None = None
+        self,
+        queries: Queries,
+        k: int,
+        exclude: Exclusions | None = None,
+        *,
+        constrained: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        items, scores, _ = self.recommend_labelled(queries, k, exclude)
+        items, scores, _ = self.recommend_labelled(queries, k, exclude, constrained=constrained)
         return items, scores
 
     def recommend_labelled(
-        self, queries: Queries, k: int, exclude: Exclusions | None = None
+        self,
+        queries: Queries,
+        k: int,
+        exclude: Exclusions | None = None,
+        *,
+        constrained: bool = True,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-k items, their sequence log-probabilities and each row's source.
 
         Rows are padded with item −1 and score −inf when fewer than k items can be produced.
         A query with an empty history gets train popularity, labelled ``popular``.
+        ``constrained=False`` decodes without the trie (for the ablation that measures how
+        many generated IDs are no item): an ID that names no item, a cold item or an excluded
+        item comes back as item −1 with its finite score.
         """
         self._check_fitted()
         if k < 1:
@@ -214,14 +227,14 @@ class TIGER:
         net.eval()
         for start in range(0, len(rows), DECODE_BATCH):
             chunk = rows[start : start + DECODE_BATCH]
-            got_items, got_scores = self._generate(queries.take(chunk), ex, chunk, k)
+            got_items, got_scores = self._generate(queries.take(chunk), ex, chunk, k, constrained)
             items[chunk], scores[chunk] = got_items, got_scores
         source = np.where(empty, POPULAR_SOURCE, self.name).astype(object)
         return items, scores, source
 
     @torch.no_grad()
     def _generate(
-        self, queries: Queries, ex: Exclusions, rows: np.ndarray, k: int
+        self, queries: Queries, ex: Exclusions, rows: np.ndarray, k: int, constrained: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.config
         net = self.net_
@@ -235,6 +248,15 @@ class TIGER:
         ex_indptr, ex_items = _take_rows(ex, rows)
         blocked = self.trie_.blocked_counts((ex_indptr, ex_items))
         beam = max(cfg.beam, k)
+        if not constrained:
+            found = beam_search(net, memory, pad, self.trie_, beam, None, self.warm_, free=True)
+            items, scores = found[0][:, :k], found[1][:, :k]
+            banned = np.zeros(items.shape, dtype=bool)
+            for row in range(len(items)):
+                lo, hi = ex_indptr[row], ex_indptr[row + 1]
+                banned[row] = np.isin(items[row], ex_items[lo:hi])
+            valid = (items >= 0) & ~banned & self.warm_[np.maximum(items, 0)]
+            return np.where(valid, items, -1), scores
         found = beam_search(net, memory, pad, self.trie_, beam, blocked, self.warm_)
         warm_items, warm_scores, prefix_nodes, prefix_scores = found
         if self.warm_.all() or cfg.cold_share == 0:
@@ -358,12 +380,16 @@ def beam_search(
     beam: int,
     blocked: Blocked | None,
     decodable: np.ndarray,
+    *,
+    free: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched beam search over Semantic IDs, constrained by ``trie`` and exclusions.
 
     Returns, per query, the ``beam`` best items (−1 padded) with their sequence
     log-probabilities, and the beams one level earlier (prefix nodes and log-probabilities)
     for cold-item matching. Only items flagged in ``decodable`` are produced at the last level.
+    ``free=True`` lets every token through (the trie only tells afterwards which IDs are
+    items: the others come back as −1 with finite scores).
     """
     b = memory.shape[0]
     depth = trie.depth
@@ -381,11 +407,14 @@ def beam_search(
         if level == depth - 1:
             prefix_nodes, prefix_scores = nodes.reshape(b, beam).copy(), scores.copy()
         children = trie.next_tokens(level, nodes, blocked, rows=rows)
-        if level == depth - 1:
+        if level == depth - 1 and not free:
             leaf = trie.leaf_items(children)
             children[(children >= 0) & ~decodable[np.maximum(leaf, 0)]] = -1
         logp = net.decode_step(tokens + net.offsets[:level], mem, pad).cpu().numpy()
-        logp = np.where(children >= 0, logp, -np.inf)
+        if not free:
+            logp = np.where(children >= 0, logp, -np.inf)
+        else:
+            logp = np.where(np.isfinite(scores.reshape(-1, 1)), logp, -np.inf)
         total = (scores.reshape(-1, 1) + logp).reshape(b, -1)
         vocab = logp.shape[1]
         kk = min(beam, total.shape[1])
