@@ -166,6 +166,9 @@ def run_accuracy(part: str, labels: list[str], seeds: list[int]) -> list[BenchRe
     tmp.mkdir(parents=True, exist_ok=True)
     new: list[BenchRecord] = []
     for label in labels:
+        if part == "loo" and label == REFERENCE:
+            new += reuse_reference(seeds)
+            continue
         cmd = [sys.executable, __file__, "--worker", part, label, ",".join(map(str, seeds))]
         subprocess.run(cmd, check=True)
         new += [
@@ -179,6 +182,20 @@ def run_accuracy(part: str, labels: list[str], seeds: list[int]) -> list[BenchRe
             merged = {**dict(np.load(old_path)), **merged}
         np.savez(old_path, **merged)
     return new
+
+
+def reuse_reference(seeds: list[int]) -> list[BenchRecord]:
+    """SASRec's loo records and per-user NDCG@10 from `bench/bench_models.py` (same config,
+    splits and seeds), rather than training it again."""
+    models = read_results(RESULTS / "models.json").records
+    found = [r for r in models if r.protocol == "loo" and r.model == REFERENCE and r.seed in seeds]
+    if len(found) != len(seeds):
+        raise SystemExit("run `python bench/bench_models.py --protocol loo -m SASRec` first")
+    PER_USER.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        PER_USER / f"generative-loo-{REFERENCE}.npz", **dict(np.load(PER_USER / "loo-SASRec.npz"))
+    )
+    return found
 
 
 def bootstrap_lines(part: str, labels: list[str]) -> list[str]:
@@ -230,7 +247,8 @@ def accuracy(part: str, labels: list[str], seeds: list[int]) -> None:
             "MovieLens-100K, `loo` (last item test, second-to-last validation), histories cut "
             "to the last 50 items, full ranking over all 1,682 items, test set, seeds 0-2 (the "
             "seed sets initialisation; the split is deterministic). SASRec uses its tuned config "
-            "(`configs/ml-100k/loo/SASRec.toml`); SIDSASRec and SIDSASRec-id (with a per-item ID "
+            "(`configs/ml-100k/loo/SASRec.toml`; its records are those of `bench_models.py`); "
+            "SIDSASRec and SIDSASRec-id (with a per-item ID "
             "embedding) reuse its hyper-parameters with items as Semantic-ID token sums; TIGER's "
             "config is `configs/ml-100k/loo/TIGER.toml`. Semantic IDs: all-MiniLM-L6-v2 over "
             "'Title (Year). Genres: …', RQ-VAE 3 × 256 + suffix. CPU only, one thread. users/s: "

@@ -160,7 +160,8 @@ def quickstart(
 ) -> None:
     """Train and evaluate the baselines on MovieLens-100K, print a leaderboard, write results.
 
-    ``--all`` adds Mult-VAE, Mult-DAE, DiffRec and SASRec (minutes on a CPU). Without
+    ``--all`` adds Mult-VAE, Mult-DAE, DiffRec, SASRec, ContentKNN, SID-SASRec and TIGER
+    (tens of minutes on a CPU). Without
     MovieLens (no RECLOOP_DATA, no cache, no download) it says so and uses synthetic
     data instead, except under CI=true, where that is an error.
     """

@@ -2,7 +2,7 @@
 
 The content baseline for cold start: every item's text is embedded (the same embedders as
 the Semantic IDs, :mod:`recloop.semantic_ids.embed`); a user's profile is the mean of the
-L2-normalised embeddings of their most recent ``max_len`` items, and an item's score is its
+L2-normalised embeddings of their most recent ``max_len`` (50) items, and an item's score is its
 cosine similarity to that profile. It needs no interactions to score an item, so it reaches
 cold items exactly as well as warm ones—the bar SID models must clear on ``cold_items``.
 """
@@ -38,7 +38,7 @@ class ContentKNNConfig(ModelConfig):
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig)
     max_len: int | None = Field(
-        default=None, ge=1, description="Most recent items in the profile; None: all."
+        default=50, ge=1, description="Most recent items in the profile; None: all."
     )
 
 
