@@ -43,6 +43,7 @@ class TestTIGERContract(RecommenderContract):
         {"hidden": 30, "n_heads": 4},
         {"beam": 0},
         {"cold_share": 1.5},
+        {"cold_match_levels": 0},
         {"user_buckets": -1},
         {"windows": "some"},
     ]

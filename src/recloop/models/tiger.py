@@ -10,9 +10,11 @@ whose items are all excluded is never expanded. Scores are sequence log-probabil
 Cold start: items with no train interactions (and items added later with
 :meth:`TIGER.add_items`) get IDs from their text through the frozen tokenizer and enter the
 trie without retraining. The decoder has never produced their full IDs, so, as in the paper,
-a cold item joins the candidates when a beam generates its semantic prefix (every level but
-the collision suffix), scored by that prefix's log-probability; at most ``cold_share`` of a
-list may be cold items (tuned on the ``cold_items`` split's validation cold set).
+a cold item joins the candidates when a beam generates its first L − 1 codes (L semantic
+levels; ``cold_match_levels`` to change it), scored by that prefix's log-probability; at most
+``cold_share`` of a list may be cold items (tuned on the ``cold_items`` validation cold set).
+Matching all L codes reaches almost nothing: a good tokenizer gives most items a full
+semantic prefix of their own, which the decoder has never seen and so does not generate.
 """
 
 from __future__ import annotations
@@ -73,6 +75,11 @@ class TIGERConfig(NeuralConfig):
     beam: int = Field(default=20, ge=1, description="Beam width (raised to k when k is larger).")
     cold_share: float = Field(
         default=0.1, ge=0.0, le=1.0, description="Most of a list that may be cold items."
+    )
+    cold_match_levels: int | None = Field(
+        default=None,
+        ge=1,
+        description="Leading codes a cold item must share with a generated ID (None: L − 1).",
     )
     windows: Literal["last", "all"] = Field(
         default="all", description="Train on each user's last max_len items or on every chunk."
@@ -257,7 +264,10 @@ class TIGER:
                 banned[row] = np.isin(items[row], ex_items[lo:hi])
             valid = (items >= 0) & ~banned & self.warm_[np.maximum(items, 0)]
             return np.where(valid, items, -1), scores
-        found = beam_search(net, memory, pad, self.trie_, beam, blocked, self.warm_)
+        match = self._match_depth()
+        found = beam_search(
+            net, memory, pad, self.trie_, beam, blocked, self.warm_, match_depth=match
+        )
         warm_items, warm_scores, prefix_nodes, prefix_scores = found
         if self.warm_.all() or cfg.cold_share == 0:
             return warm_items[:, :k], warm_scores[:, :k]
@@ -278,8 +288,7 @@ class TIGER:
         """Merge cold items under the generated semantic prefixes, capped at cold_share·k."""
         cap = math.floor(self.config.cold_share * k)
         cold = np.flatnonzero(~self.warm_)
-        depth = self.trie_.depth
-        cold_nodes = self.trie_.walk(self.sids_.codes[cold, : depth - 1])
+        cold_nodes = self.trie_.walk(self.sids_.codes[cold, : self._match_depth()])
         order = np.argsort(cold_nodes, kind="stable")
         cold, cold_nodes = cold[order], cold_nodes[order]
         items = np.full((len(warm_items), k), -1, dtype=np.int64)
@@ -304,6 +313,13 @@ class TIGER:
             items[row, : len(best)] = merged_items[best]
             scores[row, : len(best)] = merged_scores[best]
         return items, scores
+
+    def _match_depth(self) -> int:
+        """Leading codes a cold item shares with a generated ID: ``cold_match_levels``, by
+        default every semantic level but the last (the paper's "first L − 1 codes")."""
+        levels = self.sids_.levels
+        wanted = self.config.cold_match_levels
+        return min(wanted, levels) if wanted is not None else max(levels - 1, 1)
 
     # -- cold start -------------------------------------------------------------------
     def add_items(self, texts: Sequence[str]) -> np.ndarray:
@@ -381,18 +397,20 @@ def beam_search(
     blocked: Blocked | None,
     decodable: np.ndarray,
     *,
+    match_depth: int | None = None,
     free: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched beam search over Semantic IDs, constrained by ``trie`` and exclusions.
 
     Returns, per query, the ``beam`` best items (−1 padded) with their sequence
-    log-probabilities, and the beams one level earlier (prefix nodes and log-probabilities)
-    for cold-item matching. Only items flagged in ``decodable`` are produced at the last level.
+    log-probabilities, and the beams after ``match_depth`` levels (default: all but the last;
+    prefix nodes and log-probabilities) for cold-item matching. Only items flagged in ``decodable`` are produced at the last level.
     ``free=True`` lets every token through (the trie only tells afterwards which IDs are
     items: the others come back as −1 with finite scores).
     """
     b = memory.shape[0]
     depth = trie.depth
+    match_depth = depth - 1 if match_depth is None else match_depth
     device = memory.device
     rows = np.repeat(np.arange(b), beam)
     mem = memory.repeat_interleave(beam, dim=0)
@@ -404,7 +422,7 @@ def beam_search(
     prefix_nodes = np.full((b, beam), -1, dtype=np.int64)
     prefix_scores = scores.copy()
     for level in range(depth):
-        if level == depth - 1:
+        if level == match_depth:
             prefix_nodes, prefix_scores = nodes.reshape(b, beam).copy(), scores.copy()
         children = trie.next_tokens(level, nodes, blocked, rows=rows)
         if level == depth - 1 and not free:
