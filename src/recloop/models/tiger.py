@@ -404,7 +404,8 @@ def beam_search(
 
     Returns, per query, the ``beam`` best items (−1 padded) with their sequence
     log-probabilities, and the beams after ``match_depth`` levels (default: all but the last;
-    prefix nodes and log-probabilities) for cold-item matching. Only items flagged in ``decodable`` are produced at the last level.
+    prefix nodes and log-probabilities) for cold-item matching. Only items flagged in
+    ``decodable`` are produced at the last level.
     ``free=True`` lets every token through (the trie only tells afterwards which IDs are
     items: the others come back as −1 with finite scores).
     """
