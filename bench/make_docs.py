@@ -70,11 +70,17 @@ def table(results: ResultsFile) -> str:
 
 
 def summary(results: ResultsFile) -> str:
-    """Mean ± std over seeds per (dataset, protocol, model), when some have several seeds."""
+    """Mean ± std over seeds per (dataset, protocol, model), when some have several seeds.
+
+    Records of one group that share a seed are different settings (levels, file formats),
+    not repeats: then nothing is averaged.
+    """
     groups: dict[tuple[str, str, str], list[BenchRecord]] = {}
     for rec in results.records:
         groups.setdefault((rec.dataset, rec.protocol, rec.model), []).append(rec)
     if all(len(g) < 2 for g in groups.values()):
+        return ""
+    if any(len({r.seed for r in g}) < len(g) for g in groups.values()):
         return ""
     metric_names = _metric_names(results)
     head = ["dataset", "protocol", "model", "seeds", *metric_names]
