@@ -201,7 +201,10 @@ class SentenceTransformerEmbedder:
                     "the sentence-transformers embedder needs the 'text' extra: "
                     f"{TEXT_EXTRA_HINT} (or use EmbedderConfig(kind='tfidf'))"
                 ) from None
+            from transformers.utils import logging as hf_logging
+
             source = self.source()
+            hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bar
             try:
                 self._model = SentenceTransformer(source, device=self.config.device)
             except (OSError, ValueError, RuntimeError) as exc:
@@ -210,6 +213,8 @@ class SentenceTransformerEmbedder:
                     f"{self.config.device!r}: {' '.join(str(exc).split())} (a hub name needs the "
                     "network or the Hugging Face cache; offline, give a local folder)"
                 ) from None
+            finally:
+                hf_logging.enable_progress_bar()
         return self._model
 
     def save(self, path: Path) -> None:
