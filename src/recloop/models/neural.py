@@ -108,18 +108,11 @@ class NeuralRecommender(ScoringRecommender):
             del self._split
 
     def _fit(self, train: Interactions, catalog: Catalog | None, users: Users | None) -> None:
-        cfg = self.config
-        torch.manual_seed(cfg.seed)  # initialisation
+        torch.manual_seed(self.config.seed)  # initialisation
         self.net_ = self._build(train.n_items)
-        validate = self._validation()
-        trainer = Trainer(cfg.trainer(validated=validate is not None), progress=cfg.progress)
-        self.result_: TrainResult = trainer.fit(
-            self.net_, self._batches(train), validate, description=f"training {self.name}"
+        self.result_: TrainResult = train_network(
+            self, self.net_, self._batches(train), self._split
         )
-
-    def _validation(self) -> Callable[[], float] | None:
-        """NDCG@10 on the split's validation part, when early stopping has one to use."""
-        return validation_ndcg(self, self._split if self.config.early_stopping else None)
 
     @torch.no_grad()
     def _score(self, queries: Queries) -> np.ndarray:
@@ -141,6 +134,18 @@ class NeuralRecommender(ScoringRecommender):
         self.net_ = self._build(self.n_items_)
         load_numpy_state(self.net_, {k.removeprefix("net."): v for k, v in arrays.items()})
         self.net_.to(resolve_device("cpu")).eval()
+
+
+def train_network(
+    model: Any, net: TrainableModule, batches: BatchFactory, split: Split | None
+) -> TrainResult:
+    """Train ``net`` for ``model`` (whose config is a :class:`NeuralConfig`) with the shared
+    :class:`recloop.training.Trainer`, early-stopped on ``split``'s validation NDCG@10 when
+    the config asks for it and the split has a validation part."""
+    cfg: NeuralConfig = model.config
+    validate = validation_ndcg(model, split if cfg.early_stopping else None)
+    trainer = Trainer(cfg.trainer(validated=validate is not None), progress=cfg.progress)
+    return trainer.fit(net, batches, validate, description=f"training {model.name}")
 
 
 def validation_ndcg(model: Any, split: Split | None) -> Callable[[], float] | None:

@@ -40,14 +40,13 @@ from recloop.models.base import (
     train_interactions,
     write_artifact,
 )
-from recloop.models.neural import NeuralConfig, validation_ndcg
+from recloop.models.neural import NeuralConfig, train_network
 from recloop.models.sasrec import last_items, owned_training_windows
 from recloop.models.tiger_net import TigerNet, user_buckets
 from recloop.semantic_ids.build import SemanticIdConfig, SemanticIds
 from recloop.semantic_ids.trie import Blocked, PrefixTrie
 from recloop.training import (
     BatchFactory,
-    Trainer,
     TrainResult,
     load_numpy_state,
     state_to_numpy,
@@ -133,12 +132,8 @@ class TIGER:
         self._index(warm)
         torch.manual_seed(cfg.seed)
         self.net_ = self._build()
-        split = data if isinstance(data, Split) and cfg.early_stopping else None
-        validate = validation_ndcg(self, split)
-        trainer = Trainer(cfg.trainer(validated=validate is not None), progress=cfg.progress)
-        self.result_: TrainResult = trainer.fit(
-            self.net_, self._batches(train), validate, description="training TIGER"
-        )
+        split = data if isinstance(data, Split) else None
+        self.result_: TrainResult = train_network(self, self.net_, self._batches(train), split)
         return self
 
     def _index(self, warm: np.ndarray) -> None:
