@@ -64,6 +64,15 @@ def train_interactions(data: Split | Interactions) -> Interactions:
     return data.train if isinstance(data, Split) else data
 
 
+def require_catalog(model: str, catalog: Catalog | None, n_items: int) -> Catalog:
+    """The catalogue a text-reading model was given, checked to cover its ``n_items`` items."""
+    if catalog is None:
+        raise ConfigError(f"{model} reads item text: pass the catalog to fit()")
+    if len(catalog) != n_items:
+        raise ConfigError(f"the catalog has {len(catalog)} items, the interactions {n_items}")
+    return catalog
+
+
 def top_k(
     scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

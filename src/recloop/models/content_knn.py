@@ -17,8 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from recloop.data.types import Catalog, Interactions, Queries, Users
-from recloop.errors import ConfigError
-from recloop.models.base import ModelConfig, ScoringRecommender
+from recloop.models.base import ModelConfig, ScoringRecommender, require_catalog
 from recloop.semantic_ids.embed import (
     EmbedderConfig,
     ItemTextBuilder,
@@ -49,12 +48,7 @@ class ContentKNN(ScoringRecommender):
     config: ContentKNNConfig
 
     def _fit(self, train: Interactions, catalog: Catalog | None, users: Users | None) -> None:
-        if catalog is None:
-            raise ConfigError("ContentKNN embeds item text: pass the catalog")
-        if len(catalog) != train.n_items:
-            raise ConfigError(
-                f"the catalog has {len(catalog)} items, the interactions {train.n_items}"
-            )
+        catalog = require_catalog(self.name, catalog, train.n_items)
         texts = ItemTextBuilder(template=self.config.text_template).texts(catalog)
         self.embedder_: TextEmbedder = make_embedder(self.config.embedder).fit(texts)
         self.vectors_ = _unit(embed_items(texts, self.embedder_))

@@ -23,8 +23,7 @@ import torch
 from pydantic import Field
 
 from recloop.data.types import Catalog, Interactions, Users
-from recloop.errors import ConfigError
-from recloop.models.base import ModelConfig
+from recloop.models.base import ModelConfig, require_catalog
 from recloop.models.sasrec import SASRec, SASRecConfig, SASRecNet
 from recloop.semantic_ids.build import SemanticIdConfig, SemanticIds
 
@@ -104,12 +103,7 @@ class SIDSASRec(SASRec):
     config: SIDSASRecConfig
 
     def _fit(self, train: Interactions, catalog: Catalog | None, users: Users | None) -> None:
-        if catalog is None:
-            raise ConfigError("SIDSASRec builds Semantic IDs from item text: pass the catalog")
-        if len(catalog) != train.n_items:
-            raise ConfigError(
-                f"the catalog has {len(catalog)} items, the interactions {train.n_items}"
-            )
+        catalog = require_catalog(self.name, catalog, train.n_items)
         self.known_ = self.popularity_ > 0
         self.sids_ = SemanticIds.build(
             catalog, self.config.semantic_ids, fit_items=np.flatnonzero(self.known_)

@@ -36,6 +36,7 @@ from recloop.models.base import (
     POPULAR_SOURCE,
     ModelConfig,
     read_artifact,
+    require_catalog,
     top_k,
     train_interactions,
     write_artifact,
@@ -116,12 +117,7 @@ class TIGER:
     ) -> Self:
         cfg = self.config
         train = train_interactions(data).positive()
-        if catalog is None:
-            raise ConfigError("TIGER builds Semantic IDs from item text: pass the catalog")
-        if len(catalog) != train.n_items:
-            raise ConfigError(
-                f"the catalog has {len(catalog)} items, the interactions {train.n_items}"
-            )
+        catalog = require_catalog(self.name, catalog, train.n_items)
         self.n_users_ = train.n_users
         self.n_items_ = train.n_items
         self.popularity_ = np.bincount(train.item, minlength=train.n_items).astype(np.float32)
