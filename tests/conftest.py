@@ -45,3 +45,59 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep the tests' embedding cache out of the user's ``~/.cache/recloop``."""
     if "RECLOOP_CACHE" not in os.environ:
         os.environ["RECLOOP_CACHE"] = str(tmp_path_factory.mktemp("recloop-cache"))
+
+
+POSTGRES_ADMIN_URL = os.environ.get("RECLOOP_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
+REDIS_TEST_URL = os.environ.get("RECLOOP_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture()
+def postgres_url() -> object:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards.
+
+    The server is the local one (``RECLOOP_TEST_POSTGRES`` overrides it); under ``CI=true`` a
+    server that cannot be reached is a failure, never a skip.
+    """
+    import uuid
+
+    try:
+        import psycopg
+
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        require(False, f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+        raise
+    name = f"recloop_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture()
+def redis_url() -> object:
+    """The local Redis (``RECLOOP_TEST_REDIS`` overrides it) and a namespace of its own.
+
+    Yields ``(url, namespace)``; every key under the namespace is deleted afterwards. Under
+    ``CI=true`` a server that cannot be reached is a failure, never a skip.
+    """
+    import uuid
+
+    try:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3)
+        client.ping()
+    except Exception as exc:
+        require(False, f"Redis not reachable at {REDIS_TEST_URL}: {exc}")
+        raise
+    namespace = f"recloop-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield REDIS_TEST_URL, namespace
+    finally:
+        for key in client.scan_iter(f"{namespace}*"):
+            client.delete(key)
+        client.close()
