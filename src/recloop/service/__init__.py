@@ -1,0 +1,1 @@
+"""The HTTP service started by ``recloop serve``: FastAPI app, auth, limits, routes."""
