@@ -145,6 +145,25 @@ def tuned_config(dataset: str, protocol: str, model: str) -> dict[str, Any] | No
     return dict(load_run_config(path).model.config)
 
 
+def movielens_or_synthetic(seed: int = 0) -> tuple[Any, str]:
+    """MovieLens-100K, or with a notice the synthetic set (an error under ``CI=true``)."""
+    from recloop.datasets import movielens_100k
+    from recloop.errors import DatasetNotFoundError
+
+    try:
+        with console.status("finding MovieLens-100K"):
+            return movielens_100k(), "ml-100k"
+    except DatasetNotFoundError as exc:
+        if on_ci():
+            raise DatasetNotFoundError(f"{exc} (CI=true: no synthetic fallback)") from None
+        from recloop.data.synthetic import SyntheticConfig, generate
+        from recloop.data.synthetic import dataset_name as synthetic_name
+
+        console.print(f"[yellow]notice:[/] {exc}\n[yellow]notice:[/] using synthetic data instead")
+        synthetic = SyntheticConfig(seed=seed)
+        return generate(synthetic).dataset, synthetic_name(synthetic)
+
+
 @app.command()
 @user_errors
 def quickstart(
@@ -165,8 +184,6 @@ def quickstart(
     MovieLens (no RECLOOP_DATA, no cache, no download) it says so and uses synthetic
     data instead, except under CI=true, where that is an error.
     """
-    from recloop.datasets import movielens_100k
-    from recloop.errors import DatasetNotFoundError
     from recloop.experiment import DataConfig, fit_and_evaluate, split_data
     from recloop.models.registry import MODELS, build_model, model_class
     from recloop.report import ReportRun, write_report
@@ -174,18 +191,7 @@ def quickstart(
     if all_models:
         models = list(MODELS)
     started = time.perf_counter()
-    try:
-        with console.status("finding MovieLens-100K"):
-            dataset, dataset_name = movielens_100k(), "ml-100k"
-    except DatasetNotFoundError as exc:
-        if on_ci():
-            raise DatasetNotFoundError(f"{exc} (CI=true: no synthetic fallback)") from None
-        from recloop.data.synthetic import SyntheticConfig, generate
-        from recloop.data.synthetic import dataset_name as synthetic_name
-
-        console.print(f"[yellow]notice:[/] {exc}\n[yellow]notice:[/] using synthetic data instead")
-        synthetic = SyntheticConfig(seed=seed)
-        dataset, dataset_name = generate(synthetic).dataset, synthetic_name(synthetic)
+    dataset, dataset_name = movielens_or_synthetic(seed)
     config = DataConfig.model_validate({"protocol": protocol})
     split = split_data(dataset, config, seed)
     console.print(
@@ -721,3 +727,12 @@ def semantic_ids_inspect(
                 f"  {escape(catalog.items.id_of(int(other))):>8}  {escape(catalog.title[other])}"
                 f"  {_sid_text(codes[other])}"
             )
+
+
+def _register_service_commands() -> None:
+    from recloop.service.cli import register
+
+    register(app, console, user_errors)
+
+
+_register_service_commands()

@@ -1,0 +1,454 @@
+"""The FastAPI app behind ``recloop serve``: events in, labelled recommendations out.
+
+Every ``/v1`` route needs an API key (``Authorization: Bearer …`` or ``X-API-Key``) whose role
+allows it, and counts against that key's rate limit. Bad input answers 4xx with the field at
+fault; a 500 always means a bug. The routes read and write the stores through
+:class:`ServiceState`; nothing about a user is kept in a worker between requests, so any
+number of workers can serve the same store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter
+
+from recloop import __version__
+from recloop.errors import RecloopError
+from recloop.service.auth import AuthError, KeyCache, Principal, authenticate, require_role
+from recloop.service.engine import Blender, Candidate, ModelHolder, PassThroughBlender
+from recloop.service.observability import (
+    ObservabilityMiddleware,
+    configure_json_logging,
+    metrics_response,
+)
+from recloop.service.ratelimit import RateLimiter
+from recloop.service.schemas import (
+    MAX_RECOMMENDATIONS,
+    Count,
+    EventBatch,
+    EventIn,
+    EventsResult,
+    Health,
+    ItemBatch,
+    ItemOut,
+    ItemPatch,
+    ModelList,
+    ModelVersion,
+    Preferences,
+    RecommendedItem,
+    SimilarItems,
+    Slate,
+    UserBatch,
+    parse_events,
+)
+from recloop.service.settings import ServiceSettings
+from recloop.store.artifacts import ArtifactError, ArtifactRegistry
+from recloop.store.cache import Cache, open_cache
+from recloop.store.events import EventStore, ItemRecord, StoreError
+
+log = logging.getLogger("recloop.service")
+PathId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+@dataclass
+class ServiceState:
+    """What one worker holds: the stores, the active model, keys, limits and counters."""
+
+    settings: ServiceSettings
+    store: EventStore
+    registry: ArtifactRegistry
+    cache: Cache
+    models: ModelHolder
+    keys: KeyCache
+    limiter: RateLimiter
+    metrics: CollectorRegistry
+    blender: Blender = field(default_factory=PassThroughBlender)
+    counters: dict[str, Counter] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: ServiceSettings) -> ServiceState:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        store = EventStore(settings.db_url)
+        registry = ArtifactRegistry(settings.models_dir)
+        metrics = CollectorRegistry()
+        counters = {
+            "unknown_fields": Counter(
+                "recloop_events_unknown_fields_dropped",
+                "Event fields no schema knows, dropped",
+                registry=metrics,
+            ),
+            "events": Counter(
+                "recloop_events_stored", "Events stored (new, committed)", registry=metrics
+            ),
+            "rejected": Counter(
+                "recloop_events_rejected", "Events rejected for bad fields", registry=metrics
+            ),
+        }
+        return cls(
+            settings=settings,
+            store=store,
+            registry=registry,
+            cache=open_cache(settings.cache_url, generation_file=settings.generation_file),
+            models=ModelHolder(registry, check_every_s=settings.model_check_s),
+            keys=KeyCache(store.key_by_hash, ttl_s=settings.key_cache_s),
+            limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+            metrics=metrics,
+            counters=counters,
+        )
+
+    def close(self) -> None:
+        self.cache.close()
+        self.store.close()
+
+
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.recloop
+    return state
+
+
+def _principal(request: Request, role: str) -> Principal:
+    state = _state(request)
+    try:
+        principal = authenticate(request.headers, state.keys)
+        require_role(principal, role)
+    except AuthError as exc:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        raise HTTPException(exc.status, exc.message, headers=headers) from None
+    request.state.key_id = principal.key_id
+    decision = state.limiter.check(principal.key_id)
+    if not decision.allowed:
+        retry = str(max(1, math.ceil(decision.retry_after_s)))
+        raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": retry})
+    return principal
+
+
+def client_key(request: Request) -> Principal:
+    """A key allowed to do what client apps do (admin keys too)."""
+    return _principal(request, "client")
+
+
+def admin_key(request: Request) -> Principal:
+    """An admin key."""
+    return _principal(request, "admin")
+
+
+Client = Annotated[Principal, Depends(client_key)]
+Admin = Annotated[Principal, Depends(admin_key)]
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, unknown or revoked API key"},
+    403: {"description": "The key's role does not allow this"},
+    429: {"description": "Rate limit exceeded; see Retry-After"},
+}
+
+
+def _item_out(record: ItemRecord) -> ItemOut:
+    return ItemOut(
+        item_id=record.item_id,
+        title=record.title,
+        text=record.text,
+        attributes=record.attributes,
+        hidden=record.hidden,
+        available_from=record.available_from,
+        available_until=record.available_until,
+    )
+
+
+def _labelled(slate_id: str, candidates: list[Candidate]) -> list[RecommendedItem]:
+    return [
+        RecommendedItem(
+            item_id=c.item_id,
+            score=c.score,
+            source=c.source,
+            position=position,
+            generated=c.generated,
+            explanation=f"{slate_id}/{position}",
+        )
+        for position, c in enumerate(candidates)
+    ]
+
+
+def create_app(
+    settings: ServiceSettings | None = None, *, state: ServiceState | None = None
+) -> FastAPI:
+    """The app for ``settings`` (default: from the environment), or around an open ``state``."""
+    settings = settings or (state.settings if state else ServiceSettings.from_env())
+    configure_json_logging(settings.log_level)
+    state = state or ServiceState.open(settings)
+    app = FastAPI(
+        title="recloop",
+        version=__version__,
+        description="Generative recommendation as a service: events in, labelled "
+        "recommendations out. Every /v1 route needs an API key (Bearer or X-API-Key).",
+    )
+    app.state.recloop = state
+    app.add_middleware(
+        ObservabilityMiddleware, max_body_bytes=settings.max_body_bytes, registry=state.metrics
+    )
+    _add_error_handlers(app)
+    _add_routes(app)
+    _publish_event_schema(app)
+    app.router.add_event_handler("shutdown", state.close)
+    return app
+
+
+def _publish_event_schema(app: FastAPI) -> None:
+    """Put ``EventIn`` into the spec: batches take raw objects, checked one by one."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            schema = EventIn.model_json_schema(ref_template="#/components/schemas/{model}")
+            spec.setdefault("components", {}).setdefault("schemas", {})["EventIn"] = schema
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body",
+                "message": err.get("msg", "invalid"),
+            }
+            for err in exc.errors()
+        ]
+        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(ArtifactError)
+    async def _artifact(request: Request, exc: ArtifactError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(RecloopError)
+    async def _recloop(request: Request, exc: RecloopError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Not ready"}},
+        tags=["ops"],
+    )
+    def readyz(request: Request) -> Response | Health:
+        """Readiness: the store answers and a model version is loaded."""
+        state = _state(request)
+        try:
+            state.store.count_items()
+        except Exception as exc:  # the store is down: say so, never a 500
+            body = Health(status="unavailable", detail=f"event store: {type(exc).__name__}")
+            return JSONResponse(body.model_dump(), status_code=503)
+        model = state.models.current()
+        if model is None:
+            body = Health(status="unavailable", detail="no active model version")
+            return JSONResponse(body.model_dump(), status_code=503)
+        return Health(status="ok", model_version=model.version)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics of this worker."""
+        body, content_type = metrics_response(_state(request).metrics)
+        return Response(body, media_type=content_type)
+
+    @app.post("/v1/events", response_model=EventsResult, responses=AUTH_RESPONSES, tags=["events"])
+    def post_events(batch: EventBatch, request: Request, _: Client) -> EventsResult:
+        """Store a batch of events, answered only after they are committed.
+
+        Each event is checked on its own: invalid ones are listed in ``rejected`` with the
+        field at fault while the valid ones are stored. An ``event_id`` already stored is
+        counted in ``duplicates`` and not stored again, so a client may retry freely.
+        """
+        state = _state(request)
+        valid, rejected, unknown = parse_events(batch.events)
+        result = state.store.add_events(valid) if valid else None
+        stored = result.stored if result else 0
+        state.counters["events"].inc(stored)
+        state.counters["rejected"].inc(len(rejected))
+        state.counters["unknown_fields"].inc(unknown)
+        return EventsResult(
+            stored=stored,
+            duplicates=len(result.duplicates) if result else 0,
+            rejected=rejected,
+            unknown_fields_dropped=unknown,
+        )
+
+    @app.get(
+        "/v1/users/{user_id}/recommendations",
+        response_model=Slate,
+        responses={**AUTH_RESPONSES, 503: {"description": "No model version is active"}},
+        tags=["recommendations"],
+    )
+    def recommendations(
+        user_id: PathId,
+        request: Request,
+        _: Client,
+        n: Annotated[int, Query(ge=1, le=MAX_RECOMMENDATIONS)] = 10,
+        context: Annotated[str | None, Query(max_length=128)] = None,
+    ) -> Slate:
+        """The user's next ``n`` items, each labelled with its source.
+
+        Items the user already has an event for, and hidden or unavailable items, never
+        appear. A user with no usable history gets the model's popularity answer, labelled
+        ``source="popular"``.
+        """
+        state = _state(request)
+        model = _model(state)
+        now = time.time()
+        events = state.store.history(user_id)
+        history = [item for item, _, kind in events if not kind.is_negative]
+        seen = {item for item, _, _ in events}
+        blocked = state.store.blocked_items(now)
+        preferences = state.store.get_preferences(user_id) if history else {}
+        candidates = model.recommend(user_id, history, n, seen | blocked)
+        final = state.blender.blend(
+            user_id, candidates, n, context=context, preferences=preferences
+        )
+        slate_id = uuid.uuid4().hex
+        return Slate(
+            slate_id=slate_id,
+            user_id=user_id,
+            model_version=model.version,
+            items=_labelled(slate_id, final),
+        )
+
+    @app.get(
+        "/v1/items/{item_id}/similar",
+        response_model=SimilarItems,
+        responses={**AUTH_RESPONSES, 404: {"description": "Unknown item"}},
+        tags=["items"],
+    )
+    def similar(
+        item_id: PathId,
+        request: Request,
+        _: Client,
+        n: Annotated[int, Query(ge=1, le=MAX_RECOMMENDATIONS)] = 10,
+    ) -> SimilarItems:
+        """Items the active model ranks highest after ``item_id`` (hidden ones never)."""
+        state = _state(request)
+        model = _model(state)
+        found = model.similar(item_id, n, state.store.blocked_items(time.time()))
+        if found is None:
+            raise HTTPException(404, f"unknown item {item_id!r} for model {model.version}")
+        slate_id = uuid.uuid4().hex
+        return SimilarItems(
+            item_id=item_id, model_version=model.version, items=_labelled(slate_id, found)
+        )
+
+    @app.post("/v1/items", response_model=Count, responses=AUTH_RESPONSES, tags=["items"])
+    def post_items(batch: ItemBatch, request: Request, _: Admin) -> Count:
+        """Add or replace catalogue items (by ``item_id``)."""
+        state = _state(request)
+        records = [ItemRecord(**item.model_dump()) for item in batch.items]
+        state.store.upsert_items(records)
+        state.cache.invalidate()
+        return Count(stored=len(records))
+
+    @app.patch(
+        "/v1/items/{item_id}",
+        response_model=ItemOut,
+        responses={**AUTH_RESPONSES, 404: {"description": "Unknown item"}},
+        tags=["items"],
+    )
+    def patch_item(item_id: PathId, patch: ItemPatch, request: Request, _: Admin) -> ItemOut:
+        """Change an item: hide it, set its availability window, edit its text."""
+        state = _state(request)
+        if state.store.get_item(item_id) is None:
+            raise HTTPException(404, f"unknown item {item_id!r}")
+        record = state.store.update_item(item_id, **patch.model_dump(exclude_unset=True))
+        state.cache.invalidate()
+        return _item_out(record)
+
+    @app.post("/v1/users", response_model=Count, responses=AUTH_RESPONSES, tags=["users"])
+    def post_users(batch: UserBatch, request: Request, _: Client) -> Count:
+        """Add or replace users and their attributes."""
+        _state(request).store.upsert_users([(u.user_id, u.attributes) for u in batch.users])
+        return Count(stored=len(batch.users))
+
+    @app.put(
+        "/v1/users/{user_id}/preferences",
+        response_model=Preferences,
+        responses=AUTH_RESPONSES,
+        tags=["users"],
+    )
+    def put_preferences(
+        user_id: PathId, body: Preferences, request: Request, _: Client
+    ) -> Preferences:
+        """Replace a user's own controls (read by blending and re-ranking)."""
+        state = _state(request)
+        state.store.set_preferences(user_id, body.preferences)
+        return Preferences(preferences=state.store.get_preferences(user_id))
+
+    @app.get("/v1/models", response_model=ModelList, responses=AUTH_RESPONSES, tags=["models"])
+    def list_models(request: Request, _: Admin) -> ModelList:
+        """Every registered model version and which one is active."""
+        registry = _state(request).registry
+        active = registry.active()
+        return ModelList(
+            active=active,
+            versions=[
+                ModelVersion(
+                    version=v.version,
+                    model=v.model,
+                    created_at=v.created_at,
+                    n_items=v.n_items,
+                    n_users=v.n_users,
+                    active=v.version == active,
+                    metadata=v.metadata,
+                )
+                for v in registry.versions()
+            ],
+        )
+
+    @app.post(
+        "/v1/models/{version}/activate",
+        response_model=ModelList,
+        responses={**AUTH_RESPONSES, 404: {"description": "Unknown version"}},
+        tags=["models"],
+    )
+    def activate(version: PathId, request: Request, principal: Admin) -> ModelList:
+        """Make ``version`` the active model in every worker, without dropping requests."""
+        state = _state(request)
+        state.registry.info(version)  # unknown -> ArtifactError -> 404
+        state.registry.activate(version)
+        state.models.reload_now()
+        state.cache.invalidate()
+        log.info("model version %s activated", version, extra={"key_id": principal.key_id})
+        return list_models(request, principal)
+
+
+def _model(state: ServiceState) -> Any:
+    model = state.models.current()
+    if model is None:
+        raise HTTPException(503, "no model version is active; train and activate one")
+    return model
+
+
+AppFactory = Callable[[], FastAPI]
+
+
+def app_from_env() -> FastAPI:
+    """The app uvicorn's workers build (``recloop serve`` sets the environment)."""
+    return create_app(ServiceSettings.from_env())

@@ -1,0 +1,159 @@
+"""Filling a new service: import a dataset into the store, train a model version from it.
+
+``recloop serve`` calls :func:`import_dataset` and :func:`train_version` once on an empty
+home, so a fresh clone answers with a real model; ``recloop model train`` calls
+:func:`train_version` again whenever the operator wants a new version from the events the
+service has collected since.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from recloop.data.split import make_split
+from recloop.data.types import Dataset, EventKind, IdMap, Interactions
+from recloop.errors import ConfigError
+from recloop.models.registry import build_model, model_class
+from recloop.store.artifacts import ArtifactRegistry
+from recloop.store.events import EventRecord, EventStore, ItemRecord
+
+IMPORT_BATCH = 10_000
+Progress = Callable[[int], None]
+
+
+def _catalog_records(dataset: Dataset) -> list[ItemRecord]:
+    catalog = dataset.catalog
+    if catalog is None:
+        return [ItemRecord(item_id=i) for i in dataset.interactions.items.ids()]
+    names = list(catalog.attributes)
+    return [
+        ItemRecord(
+            item_id=item_id,
+            title=catalog.title[row],
+            text=catalog.text[row],
+            attributes={name: _plain(catalog.attributes[name][row]) for name in names},
+        )
+        for row, item_id in enumerate(catalog.items.ids())
+    ]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly attribute values (NumPy scalars and arrays become Python ones)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _event_records(dataset: Dataset, source: str) -> Iterator[list[EventRecord]]:
+    inter = dataset.interactions
+    user_ids = inter.users.ids()
+    item_ids = inter.items.ids()
+    for start in range(0, len(inter), IMPORT_BATCH):
+        stop = min(start + IMPORT_BATCH, len(inter))
+        yield [
+            EventRecord(
+                event_id=f"{source}-{row}",
+                user_id=user_ids[int(inter.user[row])],
+                item_id=item_ids[int(inter.item[row])],
+                kind=EventKind(int(inter.event[row])),
+                timestamp=float(inter.timestamp[row]),
+                value=float(inter.value[row]),
+            )
+            for row in range(start, stop)
+        ]
+
+
+def import_dataset(
+    store: EventStore, dataset: Dataset, *, source: str, progress: Progress | None = None
+) -> int:
+    """Copy a dataset's catalogue, users and interactions into the store; new events stored.
+
+    Event ids are ``{source}-{row}``, so importing the same dataset twice stores nothing new.
+    """
+    store.upsert_items(_catalog_records(dataset))
+    if dataset.users is not None:
+        attrs = dataset.users.attributes
+        store.upsert_users(
+            [
+                (user_id, {name: _plain(values[row]) for name, values in attrs.items()})
+                for row, user_id in enumerate(dataset.users.users.ids())
+            ]
+        )
+    stored = 0
+    for batch in _event_records(dataset, source):
+        stored += store.add_events(batch).stored
+        if progress is not None:
+            progress(len(batch))
+    return stored
+
+
+def interactions_from_store(store: EventStore) -> Interactions:
+    """Every stored event that names an item, in time order, as :class:`Interactions`."""
+    users, items = IdMap(), IdMap()
+    rows_u: list[int] = []
+    rows_i: list[int] = []
+    stamps: list[float] = []
+    values: list[float] = []
+    kinds: list[int] = []
+    add_user, add_item = users.add, items.add
+    for user_id, item_id, timestamp, kind, value in store.histories():
+        rows_u.append(int(add_user([user_id])[0]))
+        rows_i.append(int(add_item([item_id])[0]))
+        stamps.append(timestamp)
+        values.append(1.0 if value is None else value)
+        kinds.append(int(kind))
+    if not rows_u:
+        raise ConfigError("the event store holds no events with an item: nothing to train on")
+    return Interactions.from_arrays(
+        rows_u,
+        rows_i,
+        np.asarray(stamps, dtype=np.float64).astype(np.int64),
+        np.asarray(values, dtype=np.float32),
+        np.asarray(kinds, dtype=np.int8),
+        users=users,
+        items=items,
+    )
+
+
+def train_version(
+    store: EventStore,
+    registry: ArtifactRegistry,
+    model_name: str,
+    config: dict[str, Any] | None = None,
+    *,
+    activate: bool = True,
+) -> str:
+    """Fit ``model_name`` on every stored event and register it; returns the new version.
+
+    Models that stop early (the neural ones) hold out each user's last event as validation
+    (a ``loo`` split); the others learn from everything. Serving always reads the full
+    history from the store, so the held-out events still count at request time.
+    """
+    model_class(model_name)  # unknown names fail before the store is read
+    data = interactions_from_store(store)
+    model = build_model(model_name, config)
+    started = time.perf_counter()
+    if bool(getattr(model.config, "early_stopping", False)):
+        model.fit(make_split(data, "loo", seed=0))
+    else:
+        model.fit(data)
+    seconds = time.perf_counter() - started
+    version = registry.register(
+        model,
+        item_ids=data.items.ids(),
+        user_ids=data.users.ids(),
+        metadata={
+            "config": model.config.model_dump(mode="json"),
+            "events": len(data),
+            "train_seconds": round(seconds, 3),
+        },
+    )
+    if activate:
+        registry.activate(version)
+    return version

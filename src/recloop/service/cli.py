@@ -1,0 +1,281 @@
+"""``recloop serve``, ``recloop keys …`` and ``recloop model …``: running the service.
+
+Each command reads the same settings as the service (``--home``, ``--db`` or the
+``RECLOOP_*`` environment), so keys and model versions made here are the ones it serves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from recloop.errors import ConfigError
+
+keys_app = typer.Typer(help="Create, list, rotate and revoke API keys.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Train, list and activate served model versions.", no_args_is_help=True
+)
+
+HomeOption = typer.Option(
+    None, "--home", help="state folder (default: $RECLOOP_HOME or ./recloop-home)"
+)
+DbOption = typer.Option(None, "--db", help="event store URL (default: SQLite in the home folder)")
+
+
+def _settings(home: Path | None, db: str | None, **more: Any) -> Any:
+    from recloop.service.settings import ServiceSettings
+
+    base = ServiceSettings.from_env().model_dump()
+    overrides = {"home": home, "db": db, **more}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return ServiceSettings.model_validate(base)
+
+
+def _store(settings: Any) -> Any:
+    from recloop.store.events import EventStore
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return EventStore(settings.db_url)
+
+
+def create_key(store: Any, name: str, role: str) -> tuple[str, str]:
+    """A new key stored by its hash; returns ``(key_id, secret)`` (the secret is shown once)."""
+    from recloop.service.auth import ROLES, new_key
+    from recloop.store.events import KeyRecord
+
+    if role not in ROLES:
+        raise ConfigError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    key_id, secret, key_hash = new_key()
+    store.add_key(KeyRecord(key_id, name, role, key_hash, time.time()))
+    return key_id, secret
+
+
+def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
+    """Add the service commands to the main CLI."""
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(model_app, name="model")
+
+    @app.command()
+    @user_errors
+    def serve(
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+        cache: str | None = typer.Option(
+            None, "--cache", help="cache URL, e.g. redis://127.0.0.1:6379/0 (default: in-process)"
+        ),
+        host: str = typer.Option("127.0.0.1", help="address to listen on"),
+        port: int = typer.Option(8000, help="port to listen on"),
+        workers: int = typer.Option(1, min=1, help="worker processes"),
+        model: str = typer.Option(
+            "EASE", help="model to train on first start, when no version is active"
+        ),
+        rate_limit: float | None = typer.Option(
+            None, help="requests/s per key and worker (0: unlimited; default 1000)"
+        ),
+        log_level: str = typer.Option("INFO", help="JSON log level"),
+    ) -> None:
+        """Run the HTTP service (SQLite and an in-process cache unless told otherwise).
+
+        On first start it imports MovieLens-100K (or synthetic data, with a notice), trains
+        ``--model`` on it, activates that version and prints an admin key once.
+        """
+        import uvicorn
+
+        settings = _settings(home, db, cache_url=cache, rate_limit=rate_limit, log_level=log_level)
+        store = _store(settings)
+        try:
+            _first_start(settings, store, model, console)
+        finally:
+            store.close()
+        os.environ.update(settings.to_env())
+        console.print(f"serving on http://{host}:{port} (OpenAPI: /docs, /openapi.json)")
+        uvicorn.run(
+            "recloop.service.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+        )
+
+    @keys_app.command("create")
+    @user_errors
+    def keys_create(
+        name: str = typer.Option(..., "--name", help="who or what the key is for"),
+        role: str = typer.Option("client", "--role", help="client or admin"),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """Create a key and print its secret (shown only this once; only its hash is kept)."""
+        store = _store(_settings(home, db))
+        try:
+            key_id, secret = create_key(store, name, role)
+        finally:
+            store.close()
+        console.print(f"key {key_id} ({role}, {name}):")
+        typer.echo(secret)
+
+    @keys_app.command("list")
+    @user_errors
+    def keys_list(home: Path | None = HomeOption, db: str | None = DbOption) -> None:
+        """Every key: id, name, role, created, revoked (never the secret)."""
+        store = _store(_settings(home, db))
+        try:
+            keys = store.list_keys()
+        finally:
+            store.close()
+        table = Table("key id", "name", "role", "created", "revoked")
+        for key in keys:
+            table.add_row(
+                key.key_id, key.name, key.role, _when(key.created_at), _when(key.revoked_at)
+            )
+        console.print(table)
+
+    @keys_app.command("revoke")
+    @user_errors
+    def keys_revoke(
+        key_id: str = typer.Argument(..., help="the key's id (from `recloop keys list`)"),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """Revoke a key: every worker refuses it within the key cache time (5 s)."""
+        store = _store(_settings(home, db))
+        try:
+            store.revoke_key(key_id, time.time())
+        finally:
+            store.close()
+        console.print(f"key {key_id} revoked")
+
+    @keys_app.command("rotate")
+    @user_errors
+    def keys_rotate(
+        key_id: str = typer.Argument(..., help="the key to replace"),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """Replace a key by a new one with the same name and role; the old one is revoked."""
+        store = _store(_settings(home, db))
+        try:
+            old = next((k for k in store.list_keys() if k.key_id == key_id), None)
+            if old is None or old.revoked_at is not None:
+                raise ConfigError(f"no active key {key_id!r} (see `recloop keys list`)")
+            new_id, secret = create_key(store, old.name, old.role)
+            store.revoke_key(key_id, time.time())
+        finally:
+            store.close()
+        console.print(f"key {key_id} revoked; new key {new_id} ({old.role}, {old.name}):")
+        typer.echo(secret)
+
+    @model_app.command("train")
+    @user_errors
+    def model_train(
+        name: str = typer.Argument("EASE", help="model class name, e.g. EASE or SASRec"),
+        config: Path | None = typer.Option(
+            None, "--config", "-c", help="run config TOML whose [model.config] to use"
+        ),
+        max_epochs: int | None = typer.Option(None, help="cap on training epochs (neural)"),
+        activate: bool = typer.Option(True, help="activate the new version"),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """Train a new version on every event in the store and register it."""
+        from recloop.service.bootstrap import train_version
+        from recloop.store.artifacts import ArtifactRegistry
+
+        settings = _settings(home, db)
+        params = _model_params(name, config)
+        if max_epochs is not None:
+            params["max_epochs"] = max_epochs
+        store = _store(settings)
+        try:
+            with console.status(f"training {name} on the stored events"):
+                version = train_version(
+                    store, ArtifactRegistry(settings.models_dir), name, params, activate=activate
+                )
+        finally:
+            store.close()
+        console.print(f"registered {name} as {version}" + (" (active)" if activate else ""))
+
+    @model_app.command("list")
+    @user_errors
+    def model_list(home: Path | None = HomeOption) -> None:
+        """Registered versions, the active one marked."""
+        from recloop.store.artifacts import ArtifactRegistry
+
+        registry = ArtifactRegistry(_settings(home, None).models_dir)
+        active = registry.active()
+        table = Table("version", "model", "created", "items", "users", "active")
+        for v in registry.versions():
+            table.add_row(
+                v.version,
+                v.model,
+                _when(v.created_at),
+                str(v.n_items),
+                str(v.n_users),
+                "*" if v.version == active else "",
+            )
+        console.print(table)
+
+    @model_app.command("activate")
+    @user_errors
+    def model_activate(
+        version: str = typer.Argument(..., help="e.g. v0002"), home: Path | None = HomeOption
+    ) -> None:
+        """Activate a version; running workers switch to it within a second."""
+        from recloop.store.artifacts import ArtifactRegistry
+
+        registry = ArtifactRegistry(_settings(home, None).models_dir)
+        registry.info(version)
+        registry.activate(version)
+        console.print(f"{version} is active")
+
+
+def _model_params(name: str, config: Path | None) -> dict[str, Any]:
+    from recloop.runconfig import load_run_config
+
+    if config is None:
+        return {}
+    run = load_run_config(config)
+    if run.model.name != name:
+        raise ConfigError(f"{config} configures {run.model.name}, not {name}")
+    return dict(run.model.config)
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _first_start(settings: Any, store: Any, model: str, console: Any) -> None:
+    """On an empty home: import data, train and activate ``model``, print an admin key."""
+    from recloop.cli import movielens_or_synthetic, tuned_config
+    from recloop.service.bootstrap import import_dataset, train_version
+    from recloop.store.artifacts import ArtifactRegistry
+
+    registry = ArtifactRegistry(settings.models_dir)
+    if registry.active() is None:
+        if store.count_events() == 0:
+            dataset, name = movielens_or_synthetic()
+            with console.status(f"importing {name} into the event store"):
+                stored = import_dataset(store, dataset, source=name)
+            console.print(f"imported {stored:,} events of {name}")
+        protocol = "loo" if model in ("SASRec", "SIDSASRec", "TIGER") else "ratio"
+        params = tuned_config("ml-100k", protocol, model) or {}
+        with console.status(f"training {model} on the stored events"):
+            version = train_version(store, registry, model, params)
+        console.print(f"trained {model}: version {version} is active")
+    if not store.list_keys():
+        key_id, secret = create_key(store, "first admin", "admin")
+        console.print(
+            f"[bold]First start: admin key {key_id}[/] (shown once; keep it, or make others "
+            "with `recloop keys create`):"
+        )
+        typer.echo(secret)

@@ -1,0 +1,251 @@
+"""The service's request and response bodies (pydantic v2): what the OpenAPI spec publishes.
+
+Events are validated one by one (:func:`parse_events`) so that one bad event is reported by its
+index and field while the valid ones in the same batch are stored; unknown fields are dropped
+and counted, never rejected.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from recloop.data.types import EventKind
+from recloop.store.events import EventRecord
+
+MAX_EVENTS_PER_BATCH = 10_000
+MAX_ITEMS_PER_BATCH = 10_000
+MAX_USERS_PER_BATCH = 10_000
+MAX_RECOMMENDATIONS = 200
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", examples=["u42"])
+]
+EventKindName = Literal["view", "click", "rating", "purchase", "like", "dislike", "skip"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventIn(BaseModel):
+    """One interaction reported by a client. ``event_id`` makes a retry harmless."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: Identifier = Field(description="Client-chosen id, unique per event (idempotency).")
+    user_id: Identifier
+    item_id: Identifier | None = Field(default=None, description="The item, if the event has one.")
+    kind: EventKindName = Field(description="What happened; dislike and skip are negative.")
+    timestamp: float | datetime | None = Field(
+        default=None,
+        description="When it happened: epoch seconds or ISO-8601; default: when received.",
+    )
+    value: float | None = Field(default=None, description="Rating or weight.")
+    slate_id: str | None = Field(
+        default=None, max_length=128, description="The slate this outcome answers, if any."
+    )
+    context: dict[str, Any] | None = Field(default=None, description="Free-form context.")
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _sane_time(cls, value: float | datetime | None) -> float | datetime | None:
+        seconds = value.timestamp() if isinstance(value, datetime) else value
+        if seconds is not None and not (0.0 <= seconds < 32503680000.0):  # 1970 .. 3000
+            raise ValueError("must be between 1970 and 3000 (epoch seconds or ISO-8601)")
+        return value
+
+    def record(self, received: float) -> EventRecord:
+        ts = self.timestamp
+        seconds = ts.timestamp() if isinstance(ts, datetime) else ts
+        return EventRecord(
+            event_id=self.event_id,
+            user_id=self.user_id,
+            item_id=self.item_id,
+            kind=EventKind[self.kind.upper()],
+            timestamp=received if seconds is None else float(seconds),
+            value=self.value,
+            slate_id=self.slate_id,
+            context=self.context,
+        )
+
+
+EVENT_FIELDS = frozenset(EventIn.model_fields)
+
+
+class EventBatch(BaseModel):
+    """A batch of events. Each event is checked on its own; see ``EventsResult.rejected``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    events: list[Any] = Field(
+        max_length=MAX_EVENTS_PER_BATCH,
+        description=f"Up to {MAX_EVENTS_PER_BATCH:,} events, each shaped like EventIn.",
+        json_schema_extra={"items": {"$ref": "#/components/schemas/EventIn"}},
+    )
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class RejectedEvent(BaseModel):
+    index: int = Field(description="Position of the event in the batch.")
+    event_id: str | None
+    errors: list[FieldError]
+
+
+class EventsResult(BaseModel):
+    """What happened to a batch: only ``stored`` events are new; all others are explained."""
+
+    stored: int = Field(description="New events, committed before this answer was sent.")
+    duplicates: int = Field(
+        description="Events whose event_id was already stored: not stored again."
+    )
+    rejected: list[RejectedEvent]
+    unknown_fields_dropped: int = Field(description="Fields no event schema knows, dropped.")
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    return [
+        FieldError(field=".".join(str(p) for p in err["loc"]) or "event", message=err["msg"])
+        for err in exc.errors()
+    ]
+
+
+def parse_events(
+    raw: list[Any], received: float | None = None
+) -> tuple[list[EventRecord], list[RejectedEvent], int]:
+    """Valid events as store records, the rejected ones with field errors, unknown fields."""
+    received = time.time() if received is None else received
+    valid: list[EventRecord] = []
+    rejected: list[RejectedEvent] = []
+    unknown = 0
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            error = FieldError(field="event", message="must be a JSON object")
+            rejected.append(RejectedEvent(index=index, event_id=None, errors=[error]))
+            continue
+        unknown += sum(1 for key in item if key not in EVENT_FIELDS)
+        try:
+            valid.append(EventIn.model_validate(item).record(received))
+        except ValidationError as exc:
+            event_id = item.get("event_id")
+            rejected.append(
+                RejectedEvent(
+                    index=index,
+                    event_id=event_id if isinstance(event_id, str) else None,
+                    errors=_field_errors(exc),
+                )
+            )
+    return valid, rejected, unknown
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    source: str = Field(description="What proposed the item: the model's name, or 'popular'.")
+    position: int = Field(description="0-based rank in the slate.")
+    generated: bool = Field(description="True for content made by the generative module.")
+    explanation: str = Field(description="Handle to ask for this item's explanation.")
+
+
+class Slate(BaseModel):
+    """A recommendation answer; outcome events cite its ``slate_id``."""
+
+    slate_id: str
+    user_id: str
+    model_version: str
+    items: list[RecommendedItem]
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    model_version: str
+    items: list[RecommendedItem]
+
+
+class ItemIn(_Body):
+    item_id: Identifier
+    title: str = Field(default="", max_length=1000)
+    text: str = Field(default="", max_length=100_000, description="What text models read.")
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    hidden: bool = False
+    available_from: float | None = Field(default=None, description="Epoch seconds, or none.")
+    available_until: float | None = Field(default=None, description="Epoch seconds, or none.")
+
+
+class ItemBatch(_Body):
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_ITEMS_PER_BATCH)
+
+
+class ItemPatch(_Body):
+    """Fields to change; absent fields stay as they are."""
+
+    title: str | None = Field(default=None, max_length=1000)
+    text: str | None = Field(default=None, max_length=100_000)
+    attributes: dict[str, Any] | None = None
+    hidden: bool | None = None
+    available_from: float | None = None
+    available_until: float | None = None
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str
+    text: str
+    attributes: dict[str, Any]
+    hidden: bool
+    available_from: float | None
+    available_until: float | None
+
+
+class UserIn(_Body):
+    user_id: Identifier
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class UserBatch(_Body):
+    users: list[UserIn] = Field(min_length=1, max_length=MAX_USERS_PER_BATCH)
+
+
+class Preferences(_Body):
+    """A user's own controls, e.g. ``{"diversity": 0.3, "blocked_genres": ["Horror"]}``."""
+
+    preferences: dict[str, Any]
+
+
+class Count(BaseModel):
+    stored: int
+
+
+class ModelVersion(BaseModel):
+    version: str
+    model: str
+    created_at: float
+    n_items: int
+    n_users: int
+    active: bool
+    metadata: dict[str, Any]
+
+
+class ModelList(BaseModel):
+    active: str | None
+    versions: list[ModelVersion]
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str | None = None
+    detail: str | None = None

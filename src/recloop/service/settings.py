@@ -1,0 +1,80 @@
+"""The service's settings: one frozen model, filled from ``RECLOOP_*`` environment variables.
+
+``recloop serve`` writes its options into the environment before uvicorn starts the workers,
+so every worker process builds the same settings with :meth:`ServiceSettings.from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recloop.errors import ConfigError
+
+ENV_PREFIX = "RECLOOP_"
+
+
+class ServiceSettings(BaseModel):
+    """Where the service keeps its state and how hard it lets clients push."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    home: Path = Field(
+        default=Path("recloop-home"),
+        description="State folder: the SQLite file, model versions, the cache generation file.",
+    )
+    db: str | None = Field(
+        default=None, description="Event store URL; default: sqlite:///<home>/recloop.db."
+    )
+    cache_url: str | None = Field(
+        default=None, description="Cache URL (redis://...); default: in-process."
+    )
+    rate_limit: float = Field(
+        default=1000.0, ge=0.0, description="Requests per second per key and worker (0: none)."
+    )
+    rate_burst: int = Field(default=2000, ge=1, description="Requests a key may send at once.")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest body.")
+    log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
+    key_cache_s: float = Field(
+        default=5.0, ge=0.0, description="How long a worker trusts a key lookup (revocation lag)."
+    )
+    model_check_s: float = Field(
+        default=1.0, gt=0.0, description="How often a worker looks for a newly activated model."
+    )
+
+    @property
+    def db_url(self) -> str:
+        return self.db or f"sqlite:///{(self.home / 'recloop.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def generation_file(self) -> Path:
+        return self.home / "cache-generation"
+
+    @classmethod
+    def from_env(cls) -> ServiceSettings:
+        """Settings from ``RECLOOP_HOME``, ``RECLOOP_DB``, ``RECLOOP_CACHE_URL``, … variables."""
+        values = {
+            name: os.environ[f"{ENV_PREFIX}{name.upper()}"]
+            for name in cls.model_fields
+            if f"{ENV_PREFIX}{name.upper()}" in os.environ
+        }
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = f"{ENV_PREFIX}{str(err['loc'][0]).upper()}" if err["loc"] else "settings"
+            raise ConfigError(f"{name}: {err['msg']}") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes :meth:`from_env` rebuild these settings."""
+        out = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return out

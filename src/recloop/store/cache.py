@@ -1,0 +1,342 @@
+"""The cache for precomputed candidates: in-process by default, Redis by URL.
+
+Both kinds invalidate across worker processes, because a new model or new data makes every
+cached list stale at once: the in-process cache through a generation file that each process
+stats on every read, Redis through a generation counter that is part of every key (old keys
+are never read again and expire by their TTL) plus a pub/sub message that tells the other
+processes to pick up the new counter at once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from recloop.errors import RecloopError
+
+DEFAULT_MAX_ENTRIES = 100_000
+DEFAULT_TTL_S = 3600.0
+"""Redis entries always expire: entries of older generations are never deleted explicitly."""
+
+
+class CacheError(RecloopError):
+    """A cache that cannot be opened or invalidated (one line, passwords masked)."""
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """What the service needs from a cache; ``invalidate`` reaches every worker process."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def invalidate(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    if not password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _one_line(exc: BaseException, secret: str | None = None) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.replace(secret, "***") if secret else text
+
+
+FileStamp = tuple[int, int]
+"""(inode, mtime in ns) of the generation file; (0, 0) while it does not exist."""
+
+
+class InProcessCache:
+    """A thread-safe LRU with per-entry TTL, private to one process.
+
+    With ``generation_file``, :meth:`invalidate` rewrites that file (tmp + ``os.replace``) and
+    every process sharing it drops its entries on its next read, which costs one ``os.stat``.
+    """
+
+    def __init__(
+        self, *, max_entries: int = DEFAULT_MAX_ENTRIES, generation_file: Path | None = None
+    ) -> None:
+        if max_entries < 1:
+            raise CacheError(f"max_entries must be positive, not {max_entries}")
+        self.max_entries = max_entries
+        self.generation_file = Path(generation_file) if generation_file is not None else None
+        self.errors = 0  # for parity with RedisCache: a local cache never fails a read
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._seen = self._stamp()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def _stamp(self) -> FileStamp:
+        if self.generation_file is None:
+            return (0, 0)
+        try:
+            st = os.stat(self.generation_file)
+        except OSError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    def _sync(self) -> None:
+        """Drop every entry if another process invalidated since we last looked (lock held)."""
+        if self.generation_file is None:
+            return
+        stamp = self._stamp()
+        if stamp != self._seen:
+            self._entries.clear()
+            self._seen = stamp
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            self._sync()
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            value, expires = entry
+            if expires <= time.monotonic():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return value
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value``; ``ttl`` in seconds (None: until evicted or invalidated)."""
+        expires = float("inf") if ttl is None else time.monotonic() + ttl
+        with self._lock:
+            self._sync()
+            if ttl is not None and ttl <= 0:
+                self._entries.pop(key, None)
+                return
+            self._entries[key] = (bytes(value), expires)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def invalidate(self) -> None:
+        """Drop every entry here and, through the generation file, in every other process."""
+        with self._lock:
+            self._entries.clear()
+            if self.generation_file is not None:
+                self._bump()
+                self._seen = self._stamp()
+
+    def _bump(self) -> None:
+        """Rewrite the generation file with counter + 1, its mtime strictly increasing."""
+        assert self.generation_file is not None
+        path = self.generation_file
+        try:
+            counter = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            counter = 0
+        before = self._stamp()[1]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(f"{counter + 1}\n")
+            # two bumps within one filesystem clock tick must still look different
+            if os.stat(tmp).st_mtime_ns <= before:
+                os.utime(tmp, ns=(before + 1, before + 1))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise CacheError(f"{path}: cannot write the cache generation file ({exc})") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class RedisCache:
+    """A cache in Redis, shared by every process; keys carry the current generation.
+
+    Each process holds the generation locally and re-reads it at most every
+    ``local_check_s`` seconds, and at once when a message arrives on the invalidation channel
+    (a daemon thread listens). Failures while serving (get, set, delete) never reach a
+    request: they count in :attr:`errors` and a read becomes a miss.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "recloop",
+        local_check_s: float = 0.5,
+        default_ttl: float = DEFAULT_TTL_S,
+    ) -> None:
+        self.url = mask_url(url)
+        self.namespace = namespace
+        self.local_check_s = local_check_s
+        self.default_ttl = default_ttl
+        self.errors = 0
+        self.generation_key = f"{namespace}:generation"
+        self.channel = f"{namespace}:invalidate"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._stale = False  # set when a message may have been missed: re-read on next get
+        self._closed = False
+        secret = None
+        try:
+            secret = urlsplit(url).password
+            self._client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+            self._client.ping()
+            self._generation = self._read_generation()
+            self._checked_at = time.monotonic()
+            self._pubsub = self._client.pubsub()
+            self._pubsub.subscribe(self.channel)
+            self._await_subscription()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            client = getattr(self, "_client", None)
+            if client is not None:
+                client.close()
+            reason = _one_line(exc, secret)
+            raise CacheError(f"cannot use Redis at {self.url}: {reason}") from None
+        self._thread = threading.Thread(
+            target=self._listen, name=f"recloop-cache-{namespace}", daemon=True
+        )
+        self._thread.start()
+
+    def _await_subscription(self) -> None:
+        """Wait for the SUBSCRIBE reply, so an invalidation right after construction is seen."""
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            message = self._pubsub.get_message(timeout=0.1)
+            if message is not None and message.get("type") == "subscribe":
+                return
+        raise redis.TimeoutError(f"no reply to SUBSCRIBE {self.channel}")
+
+    def _read_generation(self) -> int:
+        raw = self._client.get(self.generation_key)
+        return int(raw) if raw is not None else 0
+
+    def _refresh(self) -> int:
+        generation = self._read_generation()
+        with self._lock:
+            self._generation = generation
+            self._checked_at = time.monotonic()
+            self._stale = False
+        return generation
+
+    def _current_generation(self) -> int:
+        with self._lock:
+            due = self._stale or time.monotonic() - self._checked_at >= self.local_check_s
+            generation = self._generation
+        return self._refresh() if due else generation
+
+    def _listen(self) -> None:
+        """Re-read the generation whenever another process announces an invalidation."""
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.25)
+                if message is not None and message.get("type") == "message":
+                    self._refresh()
+            except Exception:  # a lost connection: redis-py reconnects and resubscribes
+                with self._lock:
+                    self._stale = True
+                self._stop.wait(0.5)
+
+    def _key(self, generation: int, key: str) -> str:
+        return f"{self.namespace}:{generation}:{key}"
+
+    def _failed(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+    def get(self, key: str) -> bytes | None:
+        """The cached value, or None on a miss or any Redis failure (counted in ``errors``)."""
+        try:
+            value = self._client.get(self._key(self._current_generation(), key))
+        except (redis.RedisError, OSError, ValueError):
+            self._failed()
+            return None
+        if isinstance(value, str):  # a URL with decode_responses=true
+            return value.encode()
+        return value
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` for ``ttl`` seconds (default :attr:`default_ttl`); failures counted."""
+        seconds = self.default_ttl if ttl is None else ttl
+        try:
+            name = self._key(self._current_generation(), key)
+            if seconds <= 0:
+                self._client.delete(name)
+            else:
+                self._client.set(name, value, px=max(1, int(seconds * 1000)))
+        except (redis.RedisError, OSError, ValueError):
+            self._failed()
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete(self._key(self._current_generation(), key))
+        except (redis.RedisError, OSError, ValueError):
+            self._failed()
+
+    def invalidate(self) -> None:
+        """Start a new generation and announce it to every process.
+
+        Unlike reads, a failure raises :class:`CacheError`: a silently failed invalidation
+        would keep serving stale lists.
+        """
+        try:
+            generation = int(self._client.incr(self.generation_key))
+            self._client.publish(self.channel, str(generation))
+        except (redis.RedisError, OSError) as exc:
+            reason = _one_line(exc)
+            raise CacheError(f"cannot invalidate the cache at {self.url}: {reason}") from None
+        with self._lock:
+            self._generation = generation
+            self._checked_at = time.monotonic()
+            self._stale = False
+
+    def close(self) -> None:
+        """Stop the listener and close the connections; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        try:
+            self._pubsub.close()
+        finally:
+            self._client.close()
+
+
+def open_cache(
+    url: str | None, *, namespace: str = "recloop", generation_file: Path | None = None
+) -> Cache:
+    """The cache a URL names: None, "" or "memory" in-process; redis:// or rediss:// Redis."""
+    if url is None or url.strip() in ("", "memory"):
+        return InProcessCache(generation_file=generation_file)
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        scheme = ""
+    if scheme in ("redis", "rediss"):
+        return RedisCache(url, namespace=namespace)
+    raise CacheError(f"unknown cache URL {mask_url(url)!r}: use 'memory', redis:// or rediss://")

@@ -1,0 +1,1 @@
+"""Alembic environment of the event store (run from code by recloop.store.events)."""
