@@ -243,3 +243,25 @@ def test_similar_items_preferences_users_metrics_openapi(
     spec = client.get("/openapi.json").json()
     assert "/v1/users/{user_id}/recommendations" in spec["paths"]
     assert "EventIn" in spec["components"]["schemas"]
+
+
+def test_candidate_cache_gives_the_same_slates(tmp_path: Path) -> None:
+    """Cached candidates change nothing a user sees, and a new event refreshes them."""
+    slates: dict[bool, list[list[str]]] = {}
+    for cached in (True, False):
+        settings = ServiceSettings(home=tmp_path / f"home-{cached}", candidate_cache=cached)
+        state = ServiceState.open(settings)
+        import_dataset(state.store, tiny_dataset(), source="tiny")
+        train_version(state.store, state.registry, "EASE", {"l2": 1.0})
+        key = create_key(state.store, "k", "client")[1]
+        with TestClient(create_app(state=state)) as client:
+            runs = []
+            for user in ("u0", "u20", "u0", "nobody"):
+                runs.append([it["item_id"] for it in recommend(client, key, user, 3)["items"]])
+            event = {"event_id": "x", "user_id": "u0", "item_id": runs[0][0], "kind": "view"}
+            client.post("/v1/events", json={"events": [event]}, headers=bearer(key))
+            runs.append([it["item_id"] for it in recommend(client, key, "u0", 3)["items"]])
+            assert (len(state.cache) > 0) == cached  # type: ignore[arg-type]
+        slates[cached] = runs
+    assert slates[True] == slates[False]
+    assert slates[True][0] == slates[True][2] and slates[True][0][0] not in slates[True][4]

@@ -9,6 +9,7 @@ number of workers can serve the same store.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -316,13 +317,11 @@ def _add_routes(app: FastAPI) -> None:
         """
         state = _state(request)
         model = _model(state)
-        now = time.time()
         events = state.store.history(user_id)
         history = [item for item, _, kind in events if not kind.is_negative]
-        seen = {item for item, _, _ in events}
-        blocked = state.store.blocked_items(now)
+        excluded = {item for item, _, _ in events} | state.store.blocked_items(time.time())
         preferences = state.store.get_preferences(user_id) if history else {}
-        candidates = model.recommend(user_id, history, n, seen | blocked)
+        candidates = _candidates(state, model, user_id, events, history, n, excluded)
         final = state.blender.blend(
             user_id, candidates, n, context=context, preferences=preferences
         )
@@ -437,6 +436,39 @@ def _add_routes(app: FastAPI) -> None:
         state.cache.invalidate()
         log.info("model version %s activated", version, extra={"key_id": principal.key_id})
         return list_models(request, principal)
+
+
+def _candidates(
+    state: ServiceState,
+    model: Any,
+    user_id: str,
+    events: list[tuple[str, float, Any]],
+    history: list[str],
+    n: int,
+    excluded: set[str],
+) -> list[Candidate]:
+    """The model's best ``n`` items for the user, none excluded.
+
+    With the candidate cache on, the model's top ``settings.candidates`` for this user are
+    cached under the model version and a fingerprint of the history (its length and last
+    event), so they are recomputed when either changes; exclusions are applied at every
+    request, so an item hidden or consumed since is never served from the cache.
+    """
+    settings = state.settings
+    if not settings.candidate_cache or n > settings.candidates:
+        return list(model.recommend(user_id, history, n, excluded))
+    last = f"{events[-1][0]}@{events[-1][1]}" if events else "-"
+    key = f"candidates:{model.version}:{len(events)}:{last}:{user_id}"
+    cached = state.cache.get(key)
+    if cached is not None:
+        rows = json.loads(cached)
+        fresh = [Candidate(item, score, source) for item, score, source in rows]
+        kept = [c for c in fresh if c.item_id not in excluded]
+        if len(kept) >= n or len(fresh) < settings.candidates:
+            return kept[:n]
+    found = model.recommend(user_id, history, settings.candidates, excluded)
+    state.cache.set(key, json.dumps([[c.item_id, c.score, c.source] for c in found]).encode())
+    return list(found[:n])
 
 
 def _model(state: ServiceState) -> Any:

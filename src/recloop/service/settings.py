@@ -36,6 +36,12 @@ class ServiceSettings(BaseModel):
     )
     rate_burst: int = Field(default=2000, ge=1, description="Requests a key may send at once.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest body.")
+    candidates: int = Field(
+        default=100, ge=1, le=1000, description="Candidates kept per user in the cache."
+    )
+    candidate_cache: bool = Field(
+        default=True, description="Cache each user's candidates until their history changes."
+    )
     log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
     key_cache_s: float = Field(
         default=5.0, ge=0.0, description="How long a worker trusts a key lookup (revocation lag)."
