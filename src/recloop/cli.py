@@ -130,7 +130,11 @@ def describe(dataset: Any) -> dict[str, Any]:
 
 
 QUICKSTART_MODELS = ("Popular", "ItemKNN", "EASE", "BPR")
-CONFIGS = Path("configs")
+# Tuned configs: ./configs when run from a checkout, else the checkout this package lives in.
+CONFIGS = next(
+    (p for p in (Path("configs"), Path(__file__).resolve().parents[2] / "configs") if p.is_dir()),
+    Path("configs"),
+)
 
 
 def tuned_config(dataset: str, protocol: str, model: str) -> dict[str, Any] | None:

@@ -118,13 +118,15 @@ class NeuralRecommender(ScoringRecommender):
     def _score(self, queries: Queries) -> np.ndarray:
         net = self.net_
         was_training = net.training
-        net.eval()
+        if was_training:  # eval() walks every submodule: skip it when already evaluating
+            net.eval()
         device = next(net.parameters()).device
         out = np.empty((len(queries), self.n_items_), dtype=np.float32)
         for start in range(0, len(queries), SCORE_BATCH):
             rows = np.arange(start, min(start + SCORE_BATCH, len(queries)))
             out[rows] = self._score_chunk(queries.take(rows), device).float().cpu().numpy()
-        net.train(was_training)
+        if was_training:
+            net.train()
         return out
 
     def _state(self) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ number of workers can serve the same store.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -36,6 +38,7 @@ from recloop.service.ratelimit import RateLimiter
 from recloop.service.schemas import (
     MAX_RECOMMENDATIONS,
     Count,
+    ErrorBody,
     EventBatch,
     EventIn,
     EventsResult,
@@ -59,6 +62,7 @@ from recloop.store.events import EventStore, ItemRecord, StoreError
 
 log = logging.getLogger("recloop.service")
 PathId = Annotated[str, Path(min_length=1, max_length=128)]
+ITEM_WINDOWS = "item-windows"  # cache key of the restricted items' visibility
 
 
 @dataclass
@@ -78,6 +82,7 @@ class ServiceState:
 
     @classmethod
     def open(cls, settings: ServiceSettings) -> ServiceState:
+        _pin_threads(settings.torch_threads)
         settings.home.mkdir(parents=True, exist_ok=True)
         store = EventStore(settings.db_url)
         registry = ArtifactRegistry(settings.models_dir)
@@ -112,6 +117,23 @@ class ServiceState:
         self.store.close()
 
 
+def _warm_up(state: ServiceState) -> None:
+    """Before the worker takes requests: load the active model, then move everything loaded so
+    far out of the garbage collector's sight, so its passes stay short under load."""
+    state.models.reload_now()
+    gc.collect()
+    gc.freeze()
+
+
+def _pin_threads(threads: int) -> None:
+    """Cap torch and BLAS threads for this worker's lifetime: workers, not ops, share cores."""
+    import torch
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
+
+
 def _state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.recloop
     return state
@@ -133,12 +155,12 @@ def _principal(request: Request, role: str) -> Principal:
     return principal
 
 
-def client_key(request: Request) -> Principal:
+async def client_key(request: Request) -> Principal:
     """A key allowed to do what client apps do (admin keys too)."""
     return _principal(request, "client")
 
 
-def admin_key(request: Request) -> Principal:
+async def admin_key(request: Request) -> Principal:
     """An admin key."""
     return _principal(request, "admin")
 
@@ -197,22 +219,42 @@ def create_app(
     )
     _add_error_handlers(app)
     _add_routes(app)
-    _publish_event_schema(app)
+    _finish_openapi(app)
+    app.router.add_event_handler("startup", partial(_warm_up, state))
     app.router.add_event_handler("shutdown", state.close)
     return app
 
 
-def _publish_event_schema(app: FastAPI) -> None:
-    """Put ``EventIn`` into the spec: batches take raw objects, checked one by one."""
+def _finish_openapi(app: FastAPI) -> None:
+    """Publish what FastAPI cannot infer: ``EventIn`` (batches take raw objects, checked one
+    by one), our 4xx body (:class:`ErrorBody`, also for 422) and the 400/413 answers."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            spec = build()
-            schema = EventIn.model_json_schema(ref_template="#/components/schemas/{model}")
-            spec.setdefault("components", {}).setdefault("schemas", {})["EventIn"] = schema
-            app.openapi_schema = spec
-        return app.openapi_schema
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build()
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        ref = "#/components/schemas/{model}"
+        schemas["EventIn"] = EventIn.model_json_schema(ref_template=ref)
+        error = ErrorBody.model_json_schema(ref_template=ref)
+        schemas.update(error.pop("$defs", {}))
+        schemas["ErrorBody"] = error
+        schemas["HTTPValidationError"] = error  # our handler answers 422 in the same shape
+        schemas.pop("ValidationError", None)
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        for path, operations in spec.get("paths", {}).items():
+            for method, operation in operations.items():
+                answers = operation.setdefault("responses", {})
+                if path.startswith("/v1/"):
+                    answers.setdefault("400", {"description": "Input the store refused"})
+                if method in ("post", "put", "patch"):
+                    answers.setdefault("413", {"description": "Request body too large"})
+                for status, answer in answers.items():
+                    if status.startswith("4") and "content" not in answer:
+                        answer["content"] = body
+        app.openapi_schema = spec
+        return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -302,36 +344,40 @@ def _add_routes(app: FastAPI) -> None:
         responses={**AUTH_RESPONSES, 503: {"description": "No model version is active"}},
         tags=["recommendations"],
     )
-    def recommendations(
+    async def recommendations(
         user_id: PathId,
         request: Request,
         _: Client,
         n: Annotated[int, Query(ge=1, le=MAX_RECOMMENDATIONS)] = 10,
         context: Annotated[str | None, Query(max_length=128)] = None,
-    ) -> Slate:
+    ) -> Response:
         """The user's next ``n`` items, each labelled with its source.
 
         Items the user already has an event for, and hidden or unavailable items, never
         appear. A user with no usable history gets the model's popularity answer, labelled
         ``source="popular"``.
         """
+        # Runs on the event loop, not in the thread pool: its store reads and model call take
+        # about a millisecond, and one request at a time per worker keeps the latency tail
+        # short (threads would only contend for the GIL).
         state = _state(request)
         model = _model(state)
         events = state.store.history(user_id)
         history = [item for item, _, kind in events if not kind.is_negative]
-        excluded = {item for item, _, _ in events} | state.store.blocked_items(time.time())
+        excluded = {item for item, _, _ in events} | _blocked(state, time.time())
         preferences = state.store.get_preferences(user_id) if history else {}
         candidates = _candidates(state, model, user_id, events, history, n, excluded)
         final = state.blender.blend(
             user_id, candidates, n, context=context, preferences=preferences
         )
         slate_id = uuid.uuid4().hex
-        return Slate(
+        slate = Slate(
             slate_id=slate_id,
             user_id=user_id,
             model_version=model.version,
             items=_labelled(slate_id, final),
         )
+        return Response(slate.model_dump_json(), media_type="application/json")
 
     @app.get(
         "/v1/items/{item_id}/similar",
@@ -348,7 +394,7 @@ def _add_routes(app: FastAPI) -> None:
         """Items the active model ranks highest after ``item_id`` (hidden ones never)."""
         state = _state(request)
         model = _model(state)
-        found = model.similar(item_id, n, state.store.blocked_items(time.time()))
+        found = model.similar(item_id, n, _blocked(state, time.time()))
         if found is None:
             raise HTTPException(404, f"unknown item {item_id!r} for model {model.version}")
         slate_id = uuid.uuid4().hex
@@ -436,6 +482,26 @@ def _add_routes(app: FastAPI) -> None:
         state.cache.invalidate()
         log.info("model version %s activated", version, extra={"key_id": principal.key_id})
         return list_models(request, principal)
+
+
+def _blocked(state: ServiceState, now: float) -> set[str]:
+    """Items that may not be shown at ``now``: hidden, or outside their availability window.
+
+    The restricted items' windows are cached (every item change invalidates the cache in every
+    worker) and the decision is made here at each request, so a window that opens or closes
+    takes effect at once.
+    """
+    raw = state.cache.get(ITEM_WINDOWS)
+    if raw is None:
+        windows = state.store.item_windows()
+        state.cache.set(ITEM_WINDOWS, json.dumps(windows).encode())
+    else:
+        windows = json.loads(raw)
+    return {
+        item
+        for item, hidden, start, end in windows
+        if hidden or (start is not None and now < start) or (end is not None and now > end)
+    }
 
 
 def _candidates(

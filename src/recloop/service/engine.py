@@ -127,21 +127,21 @@ class ModelHolder:
         self.swaps = 0
 
     def current(self) -> ServingModel | None:
+        if self._model is None:  # nothing to serve meanwhile: wait for the first load
+            return self.reload_now()
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self.check_every_s
             pointer = self.registry.pointer_mtime()
             if pointer != self._seen_pointer and self._loading.acquire(blocking=False):
-                if self._model is None:  # nothing to serve meanwhile: load in this request
-                    self._reload(pointer)
-                else:
-                    threading.Thread(target=self._reload, args=(pointer,), daemon=True).start()
+                threading.Thread(target=self._reload, args=(pointer,), daemon=True).start()
         return self._model
 
     def reload_now(self) -> ServingModel | None:
-        """Load the active version in this thread (after an activation made here)."""
+        """Load the active version in this thread (at start-up, after an activation here)."""
         with self._loading:
             self._load(self.registry.pointer_mtime())
+            self._next_check = time.monotonic() + self.check_every_s
         return self._model
 
     def _reload(self, pointer: int) -> None:

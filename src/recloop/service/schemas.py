@@ -100,6 +100,13 @@ class FieldError(BaseModel):
     message: str
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx answer: what went wrong and, for invalid input, the fields at fault."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
 class RejectedEvent(BaseModel):
     index: int = Field(description="Position of the event in the batch.")
     event_id: str | None
@@ -191,14 +198,14 @@ class ItemBatch(_Body):
 
 
 class ItemPatch(_Body):
-    """Fields to change; absent fields stay as they are."""
+    """Fields to change; absent fields stay as they are (defaults are never applied)."""
 
-    title: str | None = Field(default=None, max_length=1000)
-    text: str | None = Field(default=None, max_length=100_000)
-    attributes: dict[str, Any] | None = None
-    hidden: bool | None = None
-    available_from: float | None = None
-    available_until: float | None = None
+    title: str = Field(default="", max_length=1000)
+    text: str = Field(default="", max_length=100_000)
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    hidden: bool = False
+    available_from: float | None = Field(default=None, description="Epoch seconds; null: none.")
+    available_until: float | None = Field(default=None, description="Epoch seconds; null: none.")
 
 
 class ItemOut(BaseModel):

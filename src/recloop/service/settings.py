@@ -42,6 +42,9 @@ class ServiceSettings(BaseModel):
     candidate_cache: bool = Field(
         default=True, description="Cache each user's candidates until their history changes."
     )
+    torch_threads: int = Field(
+        default=1, ge=1, description="Threads each worker's model may use (workers share cores)."
+    )
     log_level: str = Field(default="INFO", description="Log level of the JSON logs.")
     key_cache_s: float = Field(
         default=5.0, ge=0.0, description="How long a worker trusts a key lookup (revocation lag)."

@@ -88,6 +88,17 @@ class KeyRecord:
 
 
 _ITEM_FIELDS = frozenset(f.name for f in fields(ItemRecord)) - {"item_id"}
+_KINDS = tuple(EventKind)  # EventKind by code, without the enum's lookup per row
+assert all(kind.value == code for code, kind in enumerate(_KINDS))
+
+# Statements of the per-request reads, built once (building one costs more than running it).
+_HISTORY = (
+    sa.select(events.c.item_id, events.c.timestamp, events.c.kind)
+    .where(events.c.user_id == sa.bindparam("user_id"), events.c.item_id.is_not(None))
+    .order_by(events.c.timestamp, events.c.seq)
+)
+_HISTORY_UNTIL = _HISTORY.where(events.c.timestamp <= sa.bindparam("until"))
+_PREFERENCES = sa.select(users.c.preferences).where(users.c.user_id == sa.bindparam("user_id"))
 
 
 class EventStore:
@@ -101,6 +112,8 @@ class EventStore:
             raise StoreError(f"cannot open event store {self.url}: {_one_line(exc)}") from exc
         # Writes on SQLite take the write lock at BEGIN (see _sqlite_begin).
         self._writer = self._engine.execution_options(recloop_begin="IMMEDIATE")
+        # Reads are single statements: on SQLite each is its own snapshot, no BEGIN needed.
+        self._reader = self._engine.execution_options(recloop_begin="NONE")
         try:
             self._migrate()
         except BaseException:
@@ -161,15 +174,14 @@ class EventStore:
         self, user_id: str, *, until: float | None = None
     ) -> list[tuple[str, float, EventKind]]:
         """``(item_id, timestamp, kind)`` of the user's events naming an item, oldest first."""
-        query = sa.select(events.c.item_id, events.c.timestamp, events.c.kind).where(
-            events.c.user_id == user_id, events.c.item_id.is_not(None)
-        )
+        params: dict[str, Any] = {"user_id": user_id}
+        query = _HISTORY
         if until is not None:
-            query = query.where(events.c.timestamp <= until)
-        query = query.order_by(events.c.timestamp, events.c.seq)
+            query, params["until"] = _HISTORY_UNTIL, until
         with self._transaction(write=False) as conn:
-            rows = conn.execute(query).all()
-        return [(item, ts, EventKind(kind)) for item, ts, kind in rows]
+            rows = conn.execute(query, params).all()
+        kinds = _KINDS
+        return [(item, ts, kinds[kind]) for item, ts, kind in rows]
 
     def histories(self) -> Iterator[tuple[str, str, float, EventKind, float | None]]:
         """Every event naming an item as ``(user_id, item_id, timestamp, kind, value)``.
@@ -257,6 +269,26 @@ class EventStore:
         with self._transaction(write=False) as conn:
             return set(conn.execute(query).scalars())
 
+    def item_windows(self) -> list[tuple[str, bool, float | None, float | None]]:
+        """``(item_id, hidden, available_from, available_until)`` of every restricted item.
+
+        What :meth:`blocked_items` decides from, for callers that cache it and decide per
+        request (restricted items are few; the others are always available).
+        """
+        query = sa.select(
+            items.c.item_id, items.c.hidden, items.c.available_from, items.c.available_until
+        ).where(
+            sa.or_(
+                items.c.hidden.is_(True),
+                items.c.available_from.is_not(None),
+                items.c.available_until.is_not(None),
+            )
+        )
+        with self._transaction(write=False) as conn:
+            return [
+                (item, bool(hidden), start, end) for item, hidden, start, end in conn.execute(query)
+            ]
+
     def count_items(self) -> int:
         return self._count(items)
 
@@ -295,9 +327,8 @@ class EventStore:
             conn.execute(insert)
 
     def get_preferences(self, user_id: str) -> dict[str, Any]:
-        query = sa.select(users.c.preferences).where(users.c.user_id == user_id)
         with self._transaction(write=False) as conn:
-            text = conn.execute(query).scalar_one_or_none()
+            text = conn.execute(_PREFERENCES, {"user_id": user_id}).scalar_one_or_none()
         return {} if text is None else dict(json.loads(text))
 
     # ------------------------------------------------------------------ API keys
@@ -366,8 +397,12 @@ class EventStore:
     def _transaction(self, *, write: bool = True) -> Iterator[sa.Connection]:
         """A connection in a transaction, committed on success; database failures as StoreError."""
         try:
-            with (self._writer if write else self._engine).begin() as conn:
-                yield conn
+            if write:
+                with self._writer.begin() as conn:
+                    yield conn
+            else:
+                with self._reader.connect() as conn:
+                    yield conn
         except sa.exc.OperationalError as exc:
             reason = _one_line(exc.orig if exc.orig is not None else exc)
             if self._url.password:
@@ -433,7 +468,8 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     # IMMEDIATE takes the write lock at once (waiting up to busy_timeout): a write transaction
     # never fails half-way because a concurrent writer got there first.
     mode = conn.get_execution_options().get("recloop_begin", "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    if mode != "NONE":
+        conn.exec_driver_sql(f"BEGIN {mode}")
 
 
 def _one_line(exc: BaseException) -> str:
