@@ -41,9 +41,22 @@ def tiny_dataset() -> Dataset:
     return Dataset("tiny", inter, catalog)
 
 
-@pytest.fixture()
-def service(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str], ServiceState]]:
-    settings = ServiceSettings(home=tmp_path / "home", key_cache_s=0.0, model_check_s=0.05)
+@pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
+def service(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[TestClient, dict[str, str], ServiceState]]:
+    """The app on the embedded defaults, and on the local PostgreSQL and Redis."""
+    stores = {}
+    if request.param == "postgresql+redis":
+        cache_url, namespace = request.getfixturevalue("redis_url")
+        stores = {
+            "db": request.getfixturevalue("postgres_url"),
+            "cache_url": cache_url,
+            "cache_namespace": namespace,
+        }
+    settings = ServiceSettings(
+        home=tmp_path / "home", key_cache_s=0.0, model_check_s=0.05, **stores
+    )
     state = ServiceState.open(settings)
     import_dataset(state.store, tiny_dataset(), source="tiny")
     train_version(state.store, state.registry, "EASE", {"l2": 1.0})

@@ -68,6 +68,8 @@ def test_model_train_list_activate(tmp_path: Path) -> None:
     run("model", "activate", "v0002", "--home", str(home))
     assert registry.active() == "v0002"
     assert "v0002" in run("model", "list", "--home", str(home))
+    assert "v0001 is active" in run("model", "rollback", "--home", str(home))
+    assert registry.active() == "v0001"
     unknown = runner.invoke(app, ["model", "train", "Nope", "--home", str(home)])
     assert unknown.exit_code == 2 and "unknown model 'Nope'" in unknown.output
 

@@ -104,7 +104,11 @@ class ServiceState:
             settings=settings,
             store=store,
             registry=registry,
-            cache=open_cache(settings.cache_url, generation_file=settings.generation_file),
+            cache=open_cache(
+                settings.cache_url,
+                namespace=settings.cache_namespace,
+                generation_file=settings.generation_file,
+            ),
             models=ModelHolder(registry, check_every_s=settings.model_check_s),
             keys=KeyCache(store.key_by_hash, ttl_s=settings.key_cache_s),
             limiter=RateLimiter(settings.rate_limit, settings.rate_burst),

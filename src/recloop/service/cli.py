@@ -237,6 +237,16 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         console.print(f"{version} is active")
 
 
+    @model_app.command("rollback")
+    @user_errors
+    def model_rollback(home: Path | None = HomeOption) -> None:
+        """Re-activate the version that was active before the current one."""
+        from recloop.store.artifacts import ArtifactRegistry
+
+        version = ArtifactRegistry(_settings(home, None).models_dir).rollback()
+        console.print(f"rolled back: {version} is active")
+
+
 def _model_params(name: str, config: Path | None) -> dict[str, Any]:
     from recloop.runconfig import load_run_config
 

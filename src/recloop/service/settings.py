@@ -31,6 +31,9 @@ class ServiceSettings(BaseModel):
     cache_url: str | None = Field(
         default=None, description="Cache URL (redis://...); default: in-process."
     )
+    cache_namespace: str = Field(
+        default="recloop", min_length=1, description="Prefix of this service's keys in Redis."
+    )
     rate_limit: float = Field(
         default=1000.0, ge=0.0, description="Requests per second per key and worker (0: none)."
     )
