@@ -236,7 +236,6 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         registry.activate(version)
         console.print(f"{version} is active")
 
-
     @model_app.command("rollback")
     @user_errors
     def model_rollback(home: Path | None = HomeOption) -> None:
