@@ -740,3 +740,12 @@ def _register_service_commands() -> None:
 
 
 _register_service_commands()
+
+
+def _register_engine_commands() -> None:
+    from recloop.engine.cli import register
+
+    register(app, console, user_errors)
+
+
+_register_engine_commands()
