@@ -575,27 +575,31 @@ def levels(points: list[tuple[int, int]]) -> None:
             record = BenchRecord.model_validate_json(
                 (tmp / f"levels-{level_count}-{size}.json").read_text()
             )
-        records = merge(path, [record], key=lambda r: r.model)
-        write_results(
-            "generative_levels",
-            sorted(records, key=lambda r: r.model),
-            title="TIGER ablation: Semantic-ID levels × codebook size",
-            command="python bench/bench_generative.py levels",
-            description=(
-                "TIGER on `loo`, seed 0, the shipped config (`configs/ml-100k/loo/TIGER.toml`) "
-                "with only the RQ-VAE's levels L and codebook size K changed; cold_share 0 (its "
-                "value chosen on loo validation). L=3, K=256 is the shipped config: its row is "
-                "the seed-0 record of the accuracy table (`generative_loo.json`) with the "
-                "collision figures of its Semantic IDs rebuilt the same way. Wall times of the "
-                "other rows include pauses while service benchmarks had the machine. Test "
-                "NDCG@10 etc.; collision_rate: share of "
-                "items whose L codes another item also has (before the suffix); max_suffix: the "
-                "largest suffix code. One seed: differences under about 0.01 are within the "
-                "seed-to-seed spread of the loo table."
-            ),
-            columns=["ndcg@10", "recall@10", "hit@10", "collision_rate", "max_suffix"],
-            results_dir=RESULTS,
-        )
+        write_levels(merge(path, [record], key=lambda r: r.model))
+
+
+def write_levels(records: list[BenchRecord]) -> None:
+    """The levels part's results file from its records (also `levels --rewrite`)."""
+    write_results(
+        "generative_levels",
+        sorted(records, key=lambda r: r.model),
+        title="TIGER ablation: Semantic-ID levels × codebook size",
+        command="python bench/bench_generative.py levels",
+        description=(
+            "TIGER on `loo`, seed 0, the shipped config (`configs/ml-100k/loo/TIGER.toml`) "
+            "with only the RQ-VAE's levels L and codebook size K changed; cold_share 0 (its "
+            "value chosen on loo validation). L=3, K=256 is the shipped config: its row is "
+            "the seed-0 record of the accuracy table (`generative_loo.json`) with the "
+            "collision figures of its Semantic IDs rebuilt the same way. Wall times of the "
+            "other rows include pauses while service benchmarks had the machine. Test "
+            "NDCG@10 etc.; collision_rate: share of "
+            "items whose L codes another item also has (before the suffix); max_suffix: the "
+            "largest suffix code. One seed: differences under about 0.01 are within the "
+            "seed-to-seed spread of the loo table."
+        ),
+        columns=["ndcg@10", "recall@10", "hit@10", "collision_rate", "max_suffix"],
+        results_dir=RESULTS,
+    )
 
 
 def diagnostics() -> None:
@@ -687,6 +691,10 @@ def main() -> int:
         "--rewrite", action="store_true", help="only re-write the part's JSON from its records"
     )
     args = parser.parse_args()
+    if args.rewrite and args.part == "levels":
+        write_levels(read_results(RESULTS / "generative_levels.json").records)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "make_docs.py")], check=True)
+        return 0
     if args.rewrite and args.part in PARTS:
         write_accuracy(args.part, [])
         subprocess.run([sys.executable, str(ROOT / "bench" / "make_docs.py")], check=True)
