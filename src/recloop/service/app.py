@@ -12,10 +12,8 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, Any
@@ -149,13 +147,12 @@ def _principal(request: Request, role: str) -> Principal:
         principal = authenticate(request.headers, state.keys)
         require_role(principal, role)
     except AuthError as exc:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        raise HTTPException(exc.status, exc.message, headers=headers) from None
+        raise HTTPException(exc.status, exc.message, headers=exc.headers or None) from None
     request.state.key_id = principal.key_id
     decision = state.limiter.check(principal.key_id)
     if not decision.allowed:
-        retry = str(max(1, math.ceil(decision.retry_after_s)))
-        raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": retry})
+        headers = {"Retry-After": decision.retry_after_header}
+        raise HTTPException(429, "rate limit exceeded", headers=headers)
     return principal
 
 
@@ -546,9 +543,6 @@ def _model(state: ServiceState) -> Any:
     if model is None:
         raise HTTPException(503, "no model version is active; train and activate one")
     return model
-
-
-AppFactory = Callable[[], FastAPI]
 
 
 def app_from_env() -> FastAPI:
