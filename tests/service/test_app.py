@@ -283,3 +283,25 @@ def test_candidate_cache_gives_the_same_slates(tmp_path: Path) -> None:
         slates[cached] = runs
     assert slates[True] == slates[False]
     assert slates[True][0] == slates[True][2] and slates[True][0][0] not in slates[True][4]
+
+
+def test_gaps_rank_the_segments_of_the_stored_users(
+    service: tuple[TestClient, dict[str, str], ServiceState],
+) -> None:
+    client, keys, state = service
+    assert client.get("/v1/gaps", headers=bearer(keys["client"])).status_code == 403
+    response = client.get("/v1/gaps", params={"segments": 2}, headers=bearer(keys["admin"]))
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["model_version"] == "v0001"
+    assert report["events"] == state.store.count_events()
+    segments = report["segments"]
+    assert sum(s["size"] for s in segments) == N_USERS
+    gaps = [s["gap"] for s in segments]
+    assert gaps == sorted(gaps, reverse=True)
+    assert all(item.startswith("i") for s in segments for item in s["top_items"])
+    # the two taste groups of the tiny dataset are the two segments
+    tops = [{int(i[1:]) < 6 for i in s["top_items"]} for s in segments]
+    assert all(len(t) == 1 for t in tops) and tops[0] != tops[1]
+    again = client.get("/v1/gaps", params={"segments": 2}, headers=bearer(keys["admin"]))
+    assert again.json() == report  # cached until events or the model change

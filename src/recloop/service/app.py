@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from recloop import __version__
 from recloop.errors import RecloopError
 from recloop.service.auth import AuthError, KeyCache, Principal, authenticate, require_role
+from recloop.service.bootstrap import interactions_in
 from recloop.service.engine import Blender, Candidate, ModelHolder, PassThroughBlender
 from recloop.service.observability import (
     ObservabilityMiddleware,
@@ -40,6 +41,7 @@ from recloop.service.schemas import (
     EventBatch,
     EventIn,
     EventsResult,
+    GapsOut,
     Health,
     ItemBatch,
     ItemOut,
@@ -446,6 +448,41 @@ def _add_routes(app: FastAPI) -> None:
         state = _state(request)
         state.store.set_preferences(user_id, body.preferences)
         return Preferences(preferences=state.store.get_preferences(user_id))
+
+    @app.get(
+        "/v1/gaps",
+        response_model=GapsOut,
+        responses={**AUTH_RESPONSES, 503: {"description": "No model version is active"}},
+        tags=["loop"],
+    )
+    def gaps(
+        request: Request,
+        _: Admin,
+        segments: Annotated[int, Query(ge=2, le=64)] = 8,
+    ) -> GapsOut:
+        """User segments the active model serves worst, worst first (see docs/loop_gaps.md).
+
+        Users are clustered by their stored events; each segment is scored by the model's
+        predicted satisfaction, its coverage of what the segment consumes, and how much tail
+        the segment wants against how much it gets. Cached until events or the model change.
+        """
+        from recloop.engine.gaps import GapConfig, analyse_gaps  # scikit-learn: load on use
+
+        state = _state(request)
+        model = _model(state)
+        key = f"gaps:{model.version}:{state.store.count_events()}:{segments}"
+        cached = state.cache.get(key)
+        if cached is not None:
+            return GapsOut.model_validate_json(cached)
+        train = interactions_in(state.store, model.users, model.items)
+        report = analyse_gaps(train, model.model, GapConfig(n_segments=segments)).to_json(
+            include_users=False
+        )
+        for segment in report["segments"]:
+            segment["top_items"] = model.items.ids(segment["top_items"])
+        out = GapsOut(model_version=model.version, events=len(train), **report)
+        state.cache.set(key, out.model_dump_json().encode(), ttl=3600.0)
+        return out
 
     @app.get("/v1/models", response_model=ModelList, responses=AUTH_RESPONSES, tags=["models"])
     def list_models(request: Request, _: Admin) -> ModelList:

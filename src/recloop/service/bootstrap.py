@@ -121,6 +121,33 @@ def interactions_from_store(store: EventStore) -> Interactions:
     )
 
 
+def interactions_in(store: EventStore, users: IdMap, items: IdMap) -> Interactions:
+    """The stored events of users and items a model knows, in that model's index space.
+
+    Events naming a user or item outside the given id maps (newer than the model) are left
+    out; the id maps are copied, never extended.
+    """
+    user_index, item_index = users.copy(), items.copy()
+    rows: list[tuple[int, int, float, int, float]] = []
+    for user_id, item_id, timestamp, kind, value in store.histories():
+        if user_id in user_index and item_id in item_index:
+            u = int(user_index.index([user_id])[0])
+            i = int(item_index.index([item_id])[0])
+            rows.append((u, i, timestamp, int(kind), 1.0 if value is None else value))
+    if not rows:
+        raise ConfigError("the event store holds no events of users and items the model knows")
+    u_col, i_col, t_col, k_col, v_col = (np.asarray(col) for col in zip(*rows, strict=True))
+    return Interactions.from_arrays(
+        u_col,
+        i_col,
+        t_col.astype(np.float64).astype(np.int64),
+        v_col.astype(np.float32),
+        k_col.astype(np.int8),
+        users=user_index,
+        items=item_index,
+    )
+
+
 def train_version(
     store: EventStore,
     registry: ArtifactRegistry,

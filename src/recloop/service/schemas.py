@@ -256,3 +256,27 @@ class Health(BaseModel):
     status: str
     model_version: str | None = None
     detail: str | None = None
+
+
+class GapSegment(BaseModel):
+    """One user segment and how well the active model serves it (higher gap: worse)."""
+
+    segment: int
+    size: int
+    satisfaction: float | None
+    satisfaction_kind: str
+    coverage: float | None
+    tail_demand: float | None
+    tail_supply: float | None
+    gap: float | None
+    top_items: list[str] = Field(description="The items most characteristic of the segment.")
+    attributes: dict[str, Any]
+
+
+class GapsOut(BaseModel):
+    """The gap analysis of the stored events under the active model, worst-served first."""
+
+    model_version: str
+    events: int = Field(description="Stored events of users and items the model knows.")
+    segments: list[GapSegment]
+    overall: dict[str, float | None]
