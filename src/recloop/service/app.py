@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from recloop import __version__
 from recloop.errors import RecloopError
 from recloop.service.auth import AuthError, KeyCache, Principal, authenticate, require_role
-from recloop.service.bootstrap import interactions_in
+from recloop.service.bootstrap import interactions_from_store
 from recloop.service.engine import Blender, Candidate, ModelHolder, PassThroughBlender
 from recloop.service.observability import (
     ObservabilityMiddleware,
@@ -474,7 +474,7 @@ def _add_routes(app: FastAPI) -> None:
         cached = state.cache.get(key)
         if cached is not None:
             return GapsOut.model_validate_json(cached)
-        train = interactions_in(state.store, model.users, model.items)
+        train = interactions_from_store(state.store, model.users, model.items)
         report = analyse_gaps(train, model.model, GapConfig(n_segments=segments)).to_json(
             include_users=False
         )

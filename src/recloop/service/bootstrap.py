@@ -93,49 +93,27 @@ def import_dataset(
     return stored
 
 
-def interactions_from_store(store: EventStore) -> Interactions:
-    """Every stored event that names an item, in time order, as :class:`Interactions`."""
-    users, items = IdMap(), IdMap()
-    rows_u: list[int] = []
-    rows_i: list[int] = []
-    stamps: list[float] = []
-    values: list[float] = []
-    kinds: list[int] = []
-    add_user, add_item = users.add, items.add
-    for user_id, item_id, timestamp, kind, value in store.histories():
-        rows_u.append(int(add_user([user_id])[0]))
-        rows_i.append(int(add_item([item_id])[0]))
-        stamps.append(timestamp)
-        values.append(1.0 if value is None else value)
-        kinds.append(int(kind))
-    if not rows_u:
-        raise ConfigError("the event store holds no events with an item: nothing to train on")
-    return Interactions.from_arrays(
-        rows_u,
-        rows_i,
-        np.asarray(stamps, dtype=np.float64).astype(np.int64),
-        np.asarray(values, dtype=np.float32),
-        np.asarray(kinds, dtype=np.int8),
-        users=users,
-        items=items,
-    )
+def interactions_from_store(
+    store: EventStore, users: IdMap | None = None, items: IdMap | None = None
+) -> Interactions:
+    """Stored events that name an item, in time order, as :class:`Interactions`.
 
-
-def interactions_in(store: EventStore, users: IdMap, items: IdMap) -> Interactions:
-    """The stored events of users and items a model knows, in that model's index space.
-
-    Events naming a user or item outside the given id maps (newer than the model) are left
-    out; the id maps are copied, never extended.
+    Without id maps, every event counts and the maps are built from the events (to train a
+    new model). With a model's id maps, only events of users and items they hold count, in
+    that model's index space; the maps are copied, never extended.
     """
-    user_index, item_index = users.copy(), items.copy()
+    grow = users is None or items is None
+    user_index = IdMap() if users is None else users.copy()
+    item_index = IdMap() if items is None else items.copy()
     rows: list[tuple[int, int, float, int, float]] = []
     for user_id, item_id, timestamp, kind, value in store.histories():
-        if user_id in user_index and item_id in item_index:
-            u = int(user_index.index([user_id])[0])
-            i = int(item_index.index([item_id])[0])
-            rows.append((u, i, timestamp, int(kind), 1.0 if value is None else value))
+        if not grow and (user_id not in user_index or item_id not in item_index):
+            continue
+        u = int(user_index.add([user_id])[0])
+        i = int(item_index.add([item_id])[0])
+        rows.append((u, i, timestamp, int(kind), 1.0 if value is None else value))
     if not rows:
-        raise ConfigError("the event store holds no events of users and items the model knows")
+        raise ConfigError("the event store holds no events with an item the model can use")
     u_col, i_col, t_col, k_col, v_col = (np.asarray(col) for col in zip(*rows, strict=True))
     return Interactions.from_arrays(
         u_col,
