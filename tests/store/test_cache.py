@@ -340,3 +340,37 @@ def test_open_cache_dispatch(tmp_path: Path, redis_url: tuple[str, str]) -> None
             open_cache(bad)
     with pytest.raises(CacheError, match=r"'http://u:\*\*\*@h/'"):
         open_cache("http://u:pw@h/")
+
+
+def test_a_value_computed_before_an_invalidation_is_not_stored(tmp_path: Path) -> None:
+    """The race the token closes: read, (someone invalidates), store the stale result."""
+    generation = tmp_path / "generation"
+    here = InProcessCache(generation_file=generation)
+    other = InProcessCache(generation_file=generation)
+    token = here.token()
+    here.set("fresh", b"1", token=token)
+    assert here.get("fresh") == b"1"
+    token = here.token()
+    other.invalidate()  # another worker changed the data meanwhile
+    here.set("stale", b"old", token=token)
+    assert here.get("stale") is None
+    token = here.token()
+    here.invalidate()  # the same worker, another thread
+    here.set("stale", b"old", token=token)
+    assert here.get("stale") is None
+    here.set("untokened", b"x")
+    assert here.get("untokened") == b"x"
+
+
+def test_redis_value_computed_before_an_invalidation_is_not_read(
+    caches: Callable[..., RedisCache],
+) -> None:
+    here, other = caches(), caches()
+    token = here.token()
+    other.invalidate()
+    here.set("stale", b"old", token=token)
+    assert eventually(lambda: here.token() != token)
+    assert here.get("stale") is None
+    token = here.token()
+    here.set("fresh", b"new", token=token)
+    assert here.get("fresh") == b"new"

@@ -365,11 +365,12 @@ def _add_routes(app: FastAPI) -> None:
         # short (threads would only contend for the GIL).
         state = _state(request)
         model = _model(state)
+        token = state.cache.token()  # before any read: see _candidates
         events = state.store.history(user_id)
         history = [item for item, _, kind in events if not kind.is_negative]
         excluded = {item for item, _, _ in events} | _blocked(state, time.time())
         preferences = state.store.get_preferences(user_id) if history else {}
-        candidates = _candidates(state, model, user_id, events, history, n, excluded)
+        candidates = _candidates(state, model, user_id, events, history, n, excluded, token)
         final = state.blender.blend(
             user_id, candidates, n, context=context, preferences=preferences
         )
@@ -531,8 +532,9 @@ def _blocked(state: ServiceState, now: float) -> set[str]:
     """
     raw = state.cache.get(ITEM_WINDOWS)
     if raw is None:
+        token = state.cache.token()  # an item change while we read must not be undone
         windows = state.store.item_windows()
-        state.cache.set(ITEM_WINDOWS, json.dumps(windows).encode())
+        state.cache.set(ITEM_WINDOWS, json.dumps(windows).encode(), token=token)
     else:
         windows = json.loads(raw)
     return {
@@ -550,13 +552,16 @@ def _candidates(
     history: list[str],
     n: int,
     excluded: set[str],
+    token: int,
 ) -> list[Candidate]:
     """The model's best ``n`` items for the user, none excluded.
 
     With the candidate cache on, the model's top ``settings.candidates`` for this user are
     cached under the model version and a fingerprint of the history (its length and last
     event), so they are recomputed when either changes; exclusions are applied at every
-    request, so an item hidden or consumed since is never served from the cache.
+    request, so an item hidden or consumed since is never served from the cache. ``token``
+    was taken before the request read anything, so candidates computed from data that an
+    invalidation has since changed are not cached.
     """
     settings = state.settings
     if not settings.candidate_cache or n > settings.candidates:
@@ -571,7 +576,8 @@ def _candidates(
         if len(kept) >= n or len(fresh) < settings.candidates:
             return kept[:n]
     found = model.recommend(user_id, history, settings.candidates, excluded)
-    state.cache.set(key, json.dumps([[c.item_id, c.score, c.source] for c in found]).encode())
+    rows = json.dumps([[c.item_id, c.score, c.source] for c in found]).encode()
+    state.cache.set(key, rows, token=token)
     return list(found[:n])
 
 

@@ -33,11 +33,20 @@ class CacheError(RecloopError):
 
 @runtime_checkable
 class Cache(Protocol):
-    """What the service needs from a cache; ``invalidate`` reaches every worker process."""
+    """What the service needs from a cache; ``invalidate`` reaches every worker process.
+
+    A value computed from data read after :meth:`token` is stored with ``set(..., token=t)``:
+    if the cache was invalidated in between, it is dropped, so a computation that raced an
+    invalidation can never put its stale result back.
+    """
 
     def get(self, key: str) -> bytes | None: ...
 
-    def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+    def token(self) -> int: ...
+
+    def set(
+        self, key: str, value: bytes, ttl: float | None = None, *, token: int | None = None
+    ) -> None: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -86,6 +95,7 @@ class InProcessCache:
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._seen = self._stamp()
+        self._epoch = 0  # counts the times the entries were dropped by an invalidation
 
     def __len__(self) -> int:
         with self._lock:
@@ -108,6 +118,13 @@ class InProcessCache:
         if stamp != self._seen:
             self._entries.clear()
             self._seen = stamp
+            self._epoch += 1
+
+    def token(self) -> int:
+        """The invalidation epoch now (see :class:`Cache`)."""
+        with self._lock:
+            self._sync()
+            return self._epoch
 
     def get(self, key: str) -> bytes | None:
         with self._lock:
@@ -122,11 +139,16 @@ class InProcessCache:
             self._entries.move_to_end(key)
             return value
 
-    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Store ``value``; ``ttl`` in seconds (None: until evicted or invalidated)."""
+    def set(
+        self, key: str, value: bytes, ttl: float | None = None, *, token: int | None = None
+    ) -> None:
+        """Store ``value``; ``ttl`` in seconds (None: until evicted or invalidated); not when
+        ``token`` is given and the cache was invalidated since it was taken."""
         expires = float("inf") if ttl is None else time.monotonic() + ttl
         with self._lock:
             self._sync()
+            if token is not None and token != self._epoch:
+                return
             if ttl is not None and ttl <= 0:
                 self._entries.pop(key, None)
                 return
@@ -143,6 +165,7 @@ class InProcessCache:
         """Drop every entry here and, through the generation file, in every other process."""
         with self._lock:
             self._entries.clear()
+            self._epoch += 1
             if self.generation_file is not None:
                 self._bump()
                 self._seen = self._stamp()
@@ -279,11 +302,27 @@ class RedisCache:
             return value.encode()
         return value
 
-    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        """Store ``value`` for ``ttl`` seconds (default :attr:`default_ttl`); failures counted."""
+    def token(self) -> int:
+        """The generation now (see :class:`Cache`); a failure gives -1, which stores nothing."""
+        try:
+            return self._current_generation()
+        except (redis.RedisError, OSError, ValueError):
+            self._failed()
+            return -1
+
+    def set(
+        self, key: str, value: bytes, ttl: float | None = None, *, token: int | None = None
+    ) -> None:
+        """Store ``value`` for ``ttl`` seconds (default :attr:`default_ttl`); failures counted.
+
+        With ``token``, the value goes under that generation: if the cache was invalidated
+        since, no reader looks there and it expires unread."""
         seconds = self.default_ttl if ttl is None else ttl
         try:
-            name = self._key(self._current_generation(), key)
+            if token is not None and token < 0:
+                return
+            generation = self._current_generation() if token is None else token
+            name = self._key(generation, key)
             if seconds <= 0:
                 self._client.delete(name)
             else:
