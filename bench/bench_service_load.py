@@ -71,7 +71,7 @@ DESCRIPTION = (
     "GET /v1/users/{id}/recommendations?n=10 through `recloop serve --workers 2` on SQLite, "
     "driven by `wrk -t1 -c32 --latency -s bench/wrk/recommendations.lua` from the same "
     "machine: all 943 MovieLens-100K users in a fixed order with an unknown user after every "
-    "9th (about 10 % cold requests). API-key auth, the default rate limit (1000 requests/s "
+    "9th (about 10 % cold requests). API-key auth, the default rate limit (5000 requests/s "
     "per key and worker) and the JSON access log are on; no response is cached. Each model "
     "runs twice: with the per-user candidate cache off (every request reads the history and "
     "runs the model) and on (the default: the model's top 100 for a user are cached until "

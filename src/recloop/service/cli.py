@@ -76,7 +76,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
             "EASE", help="model to train on first start, when no version is active"
         ),
         rate_limit: float | None = typer.Option(
-            None, help="requests/s per key and worker (0: unlimited; default 1000)"
+            None, help="requests/s per key and worker (0: unlimited; default 5000)"
         ),
         log_level: str = typer.Option("INFO", help="JSON log level"),
     ) -> None:

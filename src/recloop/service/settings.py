@@ -34,10 +34,13 @@ class ServiceSettings(BaseModel):
     cache_namespace: str = Field(
         default="recloop", min_length=1, description="Prefix of this service's keys in Redis."
     )
+    # The default sits above what one worker serves (about 1-2k requests/s on one core), so
+    # a single busy client key (an app's backend) is never throttled below capacity; lower it
+    # per deployment to protect against runaway clients.
     rate_limit: float = Field(
-        default=1000.0, ge=0.0, description="Requests per second per key and worker (0: none)."
+        default=5000.0, ge=0.0, description="Requests per second per key and worker (0: none)."
     )
-    rate_burst: int = Field(default=2000, ge=1, description="Requests a key may send at once.")
+    rate_burst: int = Field(default=5000, ge=1, description="Requests a key may send at once.")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest body.")
     candidates: int = Field(
         default=100, ge=1, le=1000, description="Candidates kept per user in the cache."
