@@ -46,6 +46,7 @@ from service_common import (
     pg_available,
     record,
     require_movielens,
+    run_stores,
     save_results,
     start_server,
     stop_server,
@@ -299,17 +300,11 @@ def main() -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
 
-    records: list[BenchRecord] = []
-    failed = False
-    for store in [s.strip() for s in args.stores.split(",") if s.strip()]:
-        if store not in ("sqlite", "postgresql"):
-            parser.error(f"unknown store {store!r}: sqlite or postgresql")
-        rec = run_store(store, args)
-        if rec is None:
-            failed = True
-            continue
-        failed |= rec.metrics["passed"] < 1
-        records.append(rec)
+    records, failed = run_stores(
+        args.stores,
+        lambda store: run_store(store, args),
+        lambda rec: rec.metrics["passed"] >= 1,
+    )
     if records:
         save_results(
             "service_durability",

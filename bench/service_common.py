@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -549,3 +550,29 @@ def save_results(
 def dump_json(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+STORES = ("sqlite", "postgresql")
+
+
+def run_stores(
+    stores: str,
+    run_store: Callable[[str], BenchRecord | None],
+    passed: Callable[[BenchRecord], bool],
+) -> tuple[list[BenchRecord], bool]:
+    """Run ``run_store`` for each comma-separated store name; (records, whether any failed).
+
+    A store that gives no record (it could not be measured) counts as a failure.
+    """
+    records: list[BenchRecord] = []
+    failed = False
+    for store in [s.strip() for s in stores.split(",") if s.strip()]:
+        if store not in STORES:
+            raise SystemExit(f"unknown store {store!r}: {' or '.join(STORES)}")
+        rec = run_store(store)
+        if rec is None:
+            failed = True
+            continue
+        failed |= not passed(rec)
+        records.append(rec)
+    return records, failed
