@@ -9,31 +9,27 @@ number of workers can serve the same store.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Counter
 
 from recloop import __version__
 from recloop.errors import RecloopError
-from recloop.service.auth import AuthError, KeyCache, Principal, authenticate, require_role
 from recloop.service.bootstrap import interactions_from_store
-from recloop.service.engine import Blender, Candidate, ModelHolder, PassThroughBlender
+from recloop.service.deps import AUTH_RESPONSES, Admin, Client, PathId, service_state
+from recloop.service.engine import Candidate
 from recloop.service.observability import (
     ObservabilityMiddleware,
     configure_json_logging,
     metrics_response,
 )
-from recloop.service.ratelimit import RateLimiter
 from recloop.service.schemas import (
     MAX_RECOMMENDATIONS,
     Count,
@@ -56,125 +52,12 @@ from recloop.service.schemas import (
     parse_events,
 )
 from recloop.service.settings import ServiceSettings
-from recloop.store.artifacts import ArtifactError, ArtifactRegistry
-from recloop.store.cache import Cache, open_cache
-from recloop.store.events import EventStore, ItemRecord, StoreError
+from recloop.service.state import ServiceState, warm_up
+from recloop.store.artifacts import ArtifactError
+from recloop.store.events import ItemRecord, StoreError
 
 log = logging.getLogger("recloop.service")
-PathId = Annotated[str, Path(min_length=1, max_length=128)]
 ITEM_WINDOWS = "item-windows"  # cache key of the restricted items' visibility
-
-
-@dataclass
-class ServiceState:
-    """What one worker holds: the stores, the active model, keys, limits and counters."""
-
-    settings: ServiceSettings
-    store: EventStore
-    registry: ArtifactRegistry
-    cache: Cache
-    models: ModelHolder
-    keys: KeyCache
-    limiter: RateLimiter
-    metrics: CollectorRegistry
-    blender: Blender = field(default_factory=PassThroughBlender)
-    counters: dict[str, Counter] = field(default_factory=dict)
-
-    @classmethod
-    def open(cls, settings: ServiceSettings) -> ServiceState:
-        _pin_threads(settings.torch_threads)
-        settings.home.mkdir(parents=True, exist_ok=True)
-        store = EventStore(settings.db_url)
-        registry = ArtifactRegistry(settings.models_dir)
-        metrics = CollectorRegistry()
-        counters = {
-            "unknown_fields": Counter(
-                "recloop_events_unknown_fields_dropped",
-                "Event fields no schema knows, dropped",
-                registry=metrics,
-            ),
-            "events": Counter(
-                "recloop_events_stored", "Events stored (new, committed)", registry=metrics
-            ),
-            "rejected": Counter(
-                "recloop_events_rejected", "Events rejected for bad fields", registry=metrics
-            ),
-        }
-        return cls(
-            settings=settings,
-            store=store,
-            registry=registry,
-            cache=open_cache(
-                settings.cache_url,
-                namespace=settings.cache_namespace,
-                generation_file=settings.generation_file,
-            ),
-            models=ModelHolder(registry, check_every_s=settings.model_check_s),
-            keys=KeyCache(store.key_by_hash, ttl_s=settings.key_cache_s),
-            limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
-            metrics=metrics,
-            counters=counters,
-        )
-
-    def close(self) -> None:
-        self.cache.close()
-        self.store.close()
-
-
-def _warm_up(state: ServiceState) -> None:
-    """Before the worker takes requests: load the active model, then move everything loaded so
-    far out of the garbage collector's sight, so its passes stay short under load."""
-    state.models.reload_now()
-    gc.collect()
-    gc.freeze()
-
-
-def _pin_threads(threads: int) -> None:
-    """Cap torch and BLAS threads for this worker's lifetime: workers, not ops, share cores."""
-    import torch
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
-    torch.set_num_threads(threads)
-    threadpool_limits(limits=threads)
-
-
-def _state(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.recloop
-    return state
-
-
-def _principal(request: Request, role: str) -> Principal:
-    state = _state(request)
-    try:
-        principal = authenticate(request.headers, state.keys)
-        require_role(principal, role)
-    except AuthError as exc:
-        raise HTTPException(exc.status, exc.message, headers=exc.headers or None) from None
-    request.state.key_id = principal.key_id
-    decision = state.limiter.check(principal.key_id)
-    if not decision.allowed:
-        headers = {"Retry-After": decision.retry_after_header}
-        raise HTTPException(429, "rate limit exceeded", headers=headers)
-    return principal
-
-
-async def client_key(request: Request) -> Principal:
-    """A key allowed to do what client apps do (admin keys too)."""
-    return _principal(request, "client")
-
-
-async def admin_key(request: Request) -> Principal:
-    """An admin key."""
-    return _principal(request, "admin")
-
-
-Client = Annotated[Principal, Depends(client_key)]
-Admin = Annotated[Principal, Depends(admin_key)]
-AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing, unknown or revoked API key"},
-    403: {"description": "The key's role does not allow this"},
-    429: {"description": "Rate limit exceeded; see Retry-After"},
-}
 
 
 def _item_out(record: ItemRecord) -> ItemOut:
@@ -223,7 +106,7 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app)
     _finish_openapi(app)
-    app.router.add_event_handler("startup", partial(_warm_up, state))
+    app.router.add_event_handler("startup", partial(warm_up, state))
     app.router.add_event_handler("shutdown", state.close)
     return app
 
@@ -301,7 +184,7 @@ def _add_routes(app: FastAPI) -> None:
     )
     def readyz(request: Request) -> Response | Health:
         """Readiness: the store answers and a model version is loaded."""
-        state = _state(request)
+        state = service_state(request)
         try:
             state.store.count_items()
         except Exception as exc:  # the store is down: say so, never a 500
@@ -316,7 +199,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics(request: Request) -> Response:
         """Prometheus metrics of this worker."""
-        body, content_type = metrics_response(_state(request).metrics)
+        body, content_type = metrics_response(service_state(request).metrics)
         return Response(body, media_type=content_type)
 
     @app.post("/v1/events", response_model=EventsResult, responses=AUTH_RESPONSES, tags=["events"])
@@ -327,7 +210,7 @@ def _add_routes(app: FastAPI) -> None:
         field at fault while the valid ones are stored. An ``event_id`` already stored is
         counted in ``duplicates`` and not stored again, so a client may retry freely.
         """
-        state = _state(request)
+        state = service_state(request)
         valid, rejected, unknown = parse_events(batch.events)
         result = state.store.add_events(valid) if valid else None
         stored = result.stored if result else 0
@@ -363,7 +246,7 @@ def _add_routes(app: FastAPI) -> None:
         # Runs on the event loop, not in the thread pool: its store reads and model call take
         # about a millisecond, and one request at a time per worker keeps the latency tail
         # short (threads would only contend for the GIL).
-        state = _state(request)
+        state = service_state(request)
         model = _model(state)
         token = state.cache.token()  # before any read: see _candidates
         events = state.store.history(user_id)
@@ -396,7 +279,7 @@ def _add_routes(app: FastAPI) -> None:
         n: Annotated[int, Query(ge=1, le=MAX_RECOMMENDATIONS)] = 10,
     ) -> SimilarItems:
         """Items the active model ranks highest after ``item_id`` (hidden ones never)."""
-        state = _state(request)
+        state = service_state(request)
         model = _model(state)
         found = model.similar(item_id, n, _blocked(state, time.time()))
         if found is None:
@@ -409,7 +292,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/items", response_model=Count, responses=AUTH_RESPONSES, tags=["items"])
     def post_items(batch: ItemBatch, request: Request, _: Admin) -> Count:
         """Add or replace catalogue items (by ``item_id``)."""
-        state = _state(request)
+        state = service_state(request)
         records = [ItemRecord(**item.model_dump()) for item in batch.items]
         state.store.upsert_items(records)
         state.cache.invalidate()
@@ -423,7 +306,7 @@ def _add_routes(app: FastAPI) -> None:
     )
     def patch_item(item_id: PathId, patch: ItemPatch, request: Request, _: Admin) -> ItemOut:
         """Change an item: hide it, set its availability window, edit its text."""
-        state = _state(request)
+        state = service_state(request)
         if state.store.get_item(item_id) is None:
             raise HTTPException(404, f"unknown item {item_id!r}")
         record = state.store.update_item(item_id, **patch.model_dump(exclude_unset=True))
@@ -433,7 +316,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/v1/users", response_model=Count, responses=AUTH_RESPONSES, tags=["users"])
     def post_users(batch: UserBatch, request: Request, _: Client) -> Count:
         """Add or replace users and their attributes."""
-        _state(request).store.upsert_users([(u.user_id, u.attributes) for u in batch.users])
+        service_state(request).store.upsert_users([(u.user_id, u.attributes) for u in batch.users])
         return Count(stored=len(batch.users))
 
     @app.put(
@@ -446,7 +329,7 @@ def _add_routes(app: FastAPI) -> None:
         user_id: PathId, body: Preferences, request: Request, _: Client
     ) -> Preferences:
         """Replace a user's own controls (read by blending and re-ranking)."""
-        state = _state(request)
+        state = service_state(request)
         state.store.set_preferences(user_id, body.preferences)
         return Preferences(preferences=state.store.get_preferences(user_id))
 
@@ -469,7 +352,7 @@ def _add_routes(app: FastAPI) -> None:
         """
         from recloop.engine.gaps import GapConfig, analyse_gaps  # scikit-learn: load on use
 
-        state = _state(request)
+        state = service_state(request)
         model = _model(state)
         key = f"gaps:{model.version}:{state.store.count_events()}:{segments}"
         cached = state.cache.get(key)
@@ -488,7 +371,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/v1/models", response_model=ModelList, responses=AUTH_RESPONSES, tags=["models"])
     def list_models(request: Request, _: Admin) -> ModelList:
         """Every registered model version and which one is active."""
-        registry = _state(request).registry
+        registry = service_state(request).registry
         active = registry.active()
         return ModelList(
             active=active,
@@ -514,7 +397,7 @@ def _add_routes(app: FastAPI) -> None:
     )
     def activate(version: PathId, request: Request, principal: Admin) -> ModelList:
         """Make ``version`` the active model in every worker, without dropping requests."""
-        state = _state(request)
+        state = service_state(request)
         state.registry.info(version)  # unknown -> ArtifactError -> 404
         state.registry.activate(version)
         state.models.reload_now()

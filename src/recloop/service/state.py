@@ -1,0 +1,92 @@
+"""What one service worker holds: the stores, the active model, keys, limits and counters."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from recloop.service.auth import KeyCache
+from recloop.service.engine import Blender, ModelHolder, PassThroughBlender
+from recloop.service.ratelimit import RateLimiter
+from recloop.service.settings import ServiceSettings
+from recloop.store.artifacts import ArtifactRegistry
+from recloop.store.cache import Cache, open_cache
+from recloop.store.events import EventStore
+
+
+@dataclass
+class ServiceState:
+    """What one worker holds: the stores, the active model, keys, limits and counters."""
+
+    settings: ServiceSettings
+    store: EventStore
+    registry: ArtifactRegistry
+    cache: Cache
+    models: ModelHolder
+    keys: KeyCache
+    limiter: RateLimiter
+    metrics: CollectorRegistry
+    blender: Blender = field(default_factory=PassThroughBlender)
+    counters: dict[str, Counter] = field(default_factory=dict)
+    # Components other modules attach by name (the loop, the generative module), built once.
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: ServiceSettings) -> ServiceState:
+        _pin_threads(settings.torch_threads)
+        settings.home.mkdir(parents=True, exist_ok=True)
+        store = EventStore(settings.db_url)
+        registry = ArtifactRegistry(settings.models_dir)
+        metrics = CollectorRegistry()
+        counters = {
+            "unknown_fields": Counter(
+                "recloop_events_unknown_fields_dropped",
+                "Event fields no schema knows, dropped",
+                registry=metrics,
+            ),
+            "events": Counter(
+                "recloop_events_stored", "Events stored (new, committed)", registry=metrics
+            ),
+            "rejected": Counter(
+                "recloop_events_rejected", "Events rejected for bad fields", registry=metrics
+            ),
+        }
+        return cls(
+            settings=settings,
+            store=store,
+            registry=registry,
+            cache=open_cache(
+                settings.cache_url,
+                namespace=settings.cache_namespace,
+                generation_file=settings.generation_file,
+            ),
+            models=ModelHolder(registry, check_every_s=settings.model_check_s),
+            keys=KeyCache(store.key_by_hash, ttl_s=settings.key_cache_s),
+            limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+            metrics=metrics,
+            counters=counters,
+        )
+
+    def close(self) -> None:
+        self.cache.close()
+        self.store.close()
+
+
+def warm_up(state: ServiceState) -> None:
+    """Before the worker takes requests: load the active model, then move everything loaded so
+    far out of the garbage collector's sight, so its passes stay short under load."""
+    state.models.reload_now()
+    gc.collect()
+    gc.freeze()
+
+
+def _pin_threads(threads: int) -> None:
+    """Cap torch and BLAS threads for this worker's lifetime: workers, not ops, share cores."""
+    import torch
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
