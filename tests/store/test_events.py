@@ -64,12 +64,12 @@ def test_migrations_run_once_and_data_survives_reopening(url: str) -> None:
         assert first.dialect == url.split(":")[0]
         assert first.add_events([event("e1")]) == IngestResult(stored=1, duplicates=[])
         first.upsert_items([ItemRecord("i1", title="One")])
-    assert schema_revision(url) == "0001"
+    assert schema_revision(url) == "0002"
     with EventStore(url) as again:  # migrating an up-to-date database is a no-op
         assert again.count_events() == 1
         assert again.history("u1") == [("i1", 100.0, EventKind.CLICK)]
         assert again.get_item("i1") == ItemRecord("i1", title="One")
-    assert schema_revision(url) == "0001"
+    assert schema_revision(url) == "0002"
 
 
 def _open_and_add(url: str, barrier: Any, index: int) -> None:

@@ -70,3 +70,54 @@ api_keys = sa.Table(
     sa.UniqueConstraint("key_hash"),
     sa.CheckConstraint("role IN ('client', 'admin')", name="role"),
 )
+
+# The feedback loop (migration 0002). Outcomes are events carrying a ``slate_id``.
+events.append_constraint(sa.Index("ix_events_slate_id", events.c.slate_id))
+
+slates = sa.Table(
+    "slates",
+    metadata,
+    sa.Column("slate_id", sa.String, primary_key=True),
+    sa.Column("user_id", sa.String, nullable=False, index=True),
+    sa.Column("created_at", sa.Double, nullable=False, index=True),
+    sa.Column("model_version", sa.String, nullable=False),
+    sa.Column("segment", sa.String, nullable=False),
+    sa.Column("arm", sa.Integer, nullable=True),
+    # The probability with which the logging policy chose ``arm`` (for off-policy estimates).
+    sa.Column("arm_probability", sa.Double, nullable=True),
+    sa.Column("policy", sa.Text, nullable=True),
+)
+
+impressions = sa.Table(
+    "impressions",
+    metadata,
+    sa.Column("slate_id", sa.String, primary_key=True),
+    sa.Column("position", sa.SmallInteger, primary_key=True),
+    sa.Column("item_id", sa.String, nullable=False),
+    sa.Column("source", sa.String, nullable=False),
+    sa.Column("score", sa.Double, nullable=False),
+    sa.Column("generated", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+bandit_arms = sa.Table(
+    "bandit_arms",
+    metadata,
+    sa.Column("segment", sa.String, primary_key=True),
+    sa.Column("arm", sa.Integer, primary_key=True),
+    sa.Column("alpha", sa.Double, nullable=False),
+    sa.Column("beta", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+retrain_log = sa.Table(
+    "retrain_log",
+    metadata,
+    sa.Column("seq", SequenceNumber, primary_key=True, autoincrement=True),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("finished_at", sa.Double, nullable=True),
+    sa.Column("trigger", sa.String, nullable=False),
+    sa.Column("events", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.String, nullable=True),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+)
