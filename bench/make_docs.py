@@ -59,12 +59,15 @@ def table(results: ResultsFile) -> str:
     speed = any(rec.users_per_s is not None for rec in results.records)
     head = ["dataset", "protocol", "model", "seed", "config", *metric_names, "train s", "peak MB"]
     head += ["users/s"] if speed else []
+    gpu = any(rec.peak_gpu_mb is not None for rec in results.records)
+    head += ["peak GPU MB"] if gpu else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rec in results.records:
         cells = [rec.dataset, rec.protocol, rec.model, str(rec.seed), _config(rec)]
         cells += [_fmt(rec.metrics.get(m)) for m in metric_names]
         cells += [_fmt(rec.train_seconds), _fmt(rec.peak_rss_mb)]
         cells += [_fmt(rec.users_per_s)] if speed else []
+        cells += [_fmt(rec.peak_gpu_mb)] if gpu else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -50,6 +50,9 @@ class BenchRecord(BaseModel):
     tuning_trials: int = Field(default=0, ge=0)
     train_seconds: float | None = None
     peak_rss_mb: float | None = None
+    peak_gpu_mb: float | None = Field(
+        default=None, description="peak GPU memory allocated by torch, MiB (GPU runs only)"
+    )
     users_per_s: float | None = Field(
         default=None, description="full-ranking inference throughput (top-10, batch 256)"
     )

@@ -404,6 +404,9 @@ def tune(
         None, help="best run config to write (default configs/<dataset>/<protocol>/<model>.toml)"
     ),
     timeout: float | None = typer.Option(None, help="stop starting trials after this many s"),
+    sampler_seed: int = typer.Option(
+        0, help="seed of the TPE sampler (a different seed explores different points)"
+    ),
 ) -> None:
     """Search a declared space on seed 0's validation split; write the best config."""
     from recloop.experiment import DataConfig, load_data, split_data
@@ -422,7 +425,14 @@ def tune(
         console.print(f"trial {trial.number}: {metric} {trial.value:.4f} {trial.params}")
 
     result = run_tuning(
-        search, split, data, n_trials=trials, metric=metric, timeout=timeout, on_trial=show
+        search,
+        split,
+        data,
+        n_trials=trials,
+        metric=metric,
+        timeout=timeout,
+        on_trial=show,
+        seed=sampler_seed,
     )
     write_trials(
         trials_path,
@@ -445,6 +455,7 @@ def tune(
         f"Written by `recloop tune --space {space} --dataset {dataset} --protocol {protocol} "
         f"--trials {trials}"
         + (f" --timeout {timeout:g}" if timeout is not None else "")
+        + (f" --sampler-seed {sampler_seed}" if sampler_seed else "")
         + f"`.\nBest {metric} on seed 0's validation split: "
         f"{result.best_value:.4f} after {len(result.trials)} trials."
     )
