@@ -760,3 +760,13 @@ def _register_engine_commands() -> None:
 
 
 _register_engine_commands()
+
+
+def _register_generative_commands() -> None:
+    from recloop.generative import cli_explain, cli_review
+
+    cli_explain.register(app, console, user_errors)
+    cli_review.register(app, console, user_errors)
+
+
+_register_generative_commands()

@@ -105,10 +105,29 @@ def create_app(
     )
     _add_error_handlers(app)
     _add_routes(app)
+    for router in _extra_routers():
+        app.include_router(router)
     _finish_openapi(app)
     app.router.add_event_handler("startup", partial(warm_up, state))
     app.router.add_event_handler("shutdown", state.close)
     return app
+
+
+def _extra_routers() -> list[Any]:
+    """Routers defined outside this module (the generative module's)."""
+    from recloop.service import (
+        routes_conversation,
+        routes_explain,
+        routes_onboarding,
+        routes_review,
+    )
+
+    return [
+        routes_explain.router,
+        routes_conversation.router,
+        routes_onboarding.router,
+        routes_review.router,
+    ]
 
 
 def _finish_openapi(app: FastAPI) -> None:

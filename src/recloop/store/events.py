@@ -393,6 +393,15 @@ class EventStore:
                     f"cannot migrate event store {self.url}: {_one_line(exc)}"
                 ) from exc
 
+    def transaction(self, *, write: bool = True) -> Any:
+        """A connection in a transaction (a context manager), for the store's companion
+        modules (:mod:`recloop.store.slates`); database failures surface as StoreError."""
+        return self._transaction(write=write)
+
+    def insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT for ``table``, which knows ON CONFLICT."""
+        return self._insert(table)
+
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[sa.Connection]:
         """A connection in a transaction, committed on success; database failures as StoreError."""

@@ -1,0 +1,7 @@
+"""Routes of the generative module: explain (filled in by the generative issue)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
