@@ -41,6 +41,14 @@ def tiny_dataset() -> Dataset:
     return Dataset("tiny", inter, catalog)
 
 
+def model_only_loop(folder: Path) -> Path:
+    """A loop config whose one arm is the model alone: the blend then keeps the model's order,
+    so these tests see the model's answers (tests/service/test_loop.py covers the bandit)."""
+    path = folder / "loop.json"
+    path.write_text('{"arms": [{"name": "model", "weights": {"model": 1.0}}]}')
+    return path
+
+
 @pytest.fixture(params=["sqlite+memory", "postgresql+redis"])
 def service(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -55,7 +63,11 @@ def service(
             "cache_namespace": namespace,
         }
     settings = ServiceSettings(
-        home=tmp_path / "home", key_cache_s=0.0, model_check_s=0.05, **stores
+        home=tmp_path / "home",
+        key_cache_s=0.0,
+        model_check_s=0.05,
+        loop_config=model_only_loop(tmp_path),
+        **stores,
     )
     state = ServiceState.open(settings)
     import_dataset(state.store, tiny_dataset(), source="tiny")
@@ -266,7 +278,11 @@ def test_candidate_cache_gives_the_same_slates(tmp_path: Path) -> None:
     """Cached candidates change nothing a user sees, and a new event refreshes them."""
     slates: dict[bool, list[list[str]]] = {}
     for cached in (True, False):
-        settings = ServiceSettings(home=tmp_path / f"home-{cached}", candidate_cache=cached)
+        settings = ServiceSettings(
+            home=tmp_path / f"home-{cached}",
+            candidate_cache=cached,
+            loop_config=model_only_loop(tmp_path),
+        )
         state = ServiceState.open(settings)
         import_dataset(state.store, tiny_dataset(), source="tiny")
         train_version(state.store, state.registry, "EASE", {"l2": 1.0})

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
+from dataclasses import asdict
 from functools import partial
 from typing import Annotated, Any
 
@@ -21,6 +23,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from recloop import __version__
+from recloop.engine.bandit import Choice
+from recloop.engine.loop import (
+    attribution,
+    bandit_from_posteriors,
+    learning_window,
+    offpolicy_report,
+    segment_of,
+)
 from recloop.errors import RecloopError
 from recloop.service.bootstrap import interactions_from_store
 from recloop.service.deps import AUTH_RESPONSES, Admin, Client, PathId, service_state
@@ -32,6 +42,7 @@ from recloop.service.observability import (
 )
 from recloop.service.schemas import (
     MAX_RECOMMENDATIONS,
+    ArmOut,
     Count,
     ErrorBody,
     EventBatch,
@@ -42,12 +53,16 @@ from recloop.service.schemas import (
     ItemBatch,
     ItemOut,
     ItemPatch,
+    LoopOut,
     ModelList,
     ModelVersion,
     Preferences,
     RecommendedItem,
+    RetrainOut,
+    SegmentPolicy,
     SimilarItems,
     Slate,
+    SourceStatsOut,
     UserBatch,
     parse_events,
 )
@@ -55,6 +70,7 @@ from recloop.service.settings import ServiceSettings
 from recloop.service.state import ServiceState, warm_up
 from recloop.store.artifacts import ArtifactError
 from recloop.store.events import ItemRecord, StoreError
+from recloop.store.slates import Impression, SlateRecord
 
 log = logging.getLogger("recloop.service")
 ITEM_WINDOWS = "item-windows"  # cache key of the restricted items' visibility
@@ -272,11 +288,20 @@ def _add_routes(app: FastAPI) -> None:
         history = [item for item, _, kind in events if not kind.is_negative]
         excluded = {item for item, _, _ in events} | _blocked(state, time.time())
         preferences = state.store.get_preferences(user_id) if history else {}
-        candidates = _candidates(state, model, user_id, events, history, n, excluded, token)
-        final = state.blender.blend(
-            user_id, candidates, n, context=context, preferences=preferences
-        )
+        loop = state.loop if state.settings.loop else None
+        wanted = max(n, loop.config.candidates_per_source) if loop is not None else n
+        candidates = _candidates(state, model, user_id, events, history, wanted, excluded, token)
         slate_id = uuid.uuid4().hex
+        if loop is not None:
+            answer = loop.answer(user_id, candidates, history, n, excluded, preferences)
+            final, segment, choice = answer.items, answer.segment, answer.choice
+        else:
+            final, segment, choice = (
+                candidates[:n],
+                segment_of(len(history), state.loop.config),
+                None,
+            )
+        state.slates.add(_slate_record(slate_id, user_id, model.version, segment, final, choice))
         slate = Slate(
             slate_id=slate_id,
             user_id=user_id,
@@ -387,6 +412,26 @@ def _add_routes(app: FastAPI) -> None:
         state.cache.set(key, out.model_dump_json().encode(), ttl=3600.0)
         return out
 
+    @app.get(
+        "/v1/loop",
+        response_model=LoopOut,
+        responses=AUTH_RESPONSES,
+        tags=["loop"],
+    )
+    def loop(request: Request, _: Admin) -> LoopOut:
+        """The feedback loop: arm probabilities per segment, rewards by source and position,
+        off-policy estimates of alternative policies, and the retraining history.
+
+        Learned from slates whose attribution window has closed; cached for 10 seconds.
+        """
+        state = service_state(request)
+        cached = state.cache.get("loop-report")
+        if cached is not None:
+            return LoopOut.model_validate_json(cached)
+        report = _loop_report(state)
+        state.cache.set("loop-report", report.model_dump_json().encode(), ttl=10.0)
+        return report
+
     @app.get("/v1/models", response_model=ModelList, responses=AUTH_RESPONSES, tags=["models"])
     def list_models(request: Request, _: Admin) -> ModelList:
         """Every registered model version and which one is active."""
@@ -423,6 +468,83 @@ def _add_routes(app: FastAPI) -> None:
         state.cache.invalidate()
         log.info("model version %s activated", version, extra={"key_id": principal.key_id})
         return list_models(request, principal)
+
+
+def _slate_record(
+    slate_id: str,
+    user_id: str,
+    version: str,
+    segment: str,
+    final: list[Candidate],
+    choice: Choice | None,
+) -> SlateRecord:
+    """What the loop logs of an answer: items with sources, and the arm with its propensity."""
+    return SlateRecord(
+        slate_id=slate_id,
+        user_id=user_id,
+        created_at=time.time(),
+        model_version=version,
+        segment=segment,
+        items=tuple(
+            Impression(position, c.item_id, c.source, c.score, c.generated)
+            for position, c in enumerate(final)
+        ),
+        arm=choice.arm if choice is not None else None,
+        arm_probability=choice.propensity if choice is not None else None,
+        policy={"arm": choice.arm_name} if choice is not None else None,
+    )
+
+
+def _loop_report(state: ServiceState) -> LoopOut:
+    """Everything /v1/loop shows, computed from the stored logs (the database aggregates)."""
+    loop = state.loop
+    config = loop.config
+    now = time.time()
+    since, until = learning_window(config, now)
+    bandit = bandit_from_posteriors(config, loop.log.arms())
+    names = [arm.name for arm in config.arms]
+    segments = {}
+    for segment in sorted({*config.segments, *bandit.segments}):
+        alpha, beta = bandit.posterior(segment)
+        probs = bandit.probabilities(segment)
+        segments[segment] = SegmentPolicy(
+            probabilities=dict(zip(names, probs.tolist(), strict=True)),
+            posterior_mean=dict(zip(names, (alpha / (alpha + beta)).tolist(), strict=True)),
+            alpha=alpha.tolist(),
+            beta=beta.tolist(),
+        )
+    counts = attribution(loop.log.impression_counts(since, now, config.attribution_s))
+    rows = loop.log.reward_rows(since, until, config.attribution_s)
+
+    def stats(table: dict[str, Any]) -> dict[str, SourceStatsOut]:
+        return {
+            key: SourceStatsOut(impressions=v.impressions, clicks=v.clicks, ctr=v.ctr)
+            for key, v in table.items()
+        }
+
+    return LoopOut(
+        enabled=state.settings.loop,
+        epsilon=config.epsilon,
+        window_since=since,
+        window_until=until,
+        attribution_s=config.attribution_s,
+        arms=[ArmOut(index=i, name=a.name, weights=a.weights) for i, a in enumerate(config.arms)],
+        segments=segments,
+        sources=stats(counts.get("sources", {})),
+        positions=stats(counts.get("positions", {})),
+        offpolicy=_json_safe(offpolicy_report(rows, config, bandit)),
+        slates_logged=loop.log.count_slates(),
+        retraining=[RetrainOut(**asdict(e)) for e in loop.log.retrain_history(20)],
+    )
+
+
+def _json_safe(value: Any) -> Any:
+    """Infinite interval ends (too few rows) as None: JSON has no infinity."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _blocked(state: ServiceState, now: float) -> set[str]:

@@ -1,11 +1,10 @@
-"""What answers a recommendation request: the active model, its id maps, and the blending hook.
+"""What answers a recommendation request: the active model and its id maps.
 
 :class:`ServingModel` turns external ids into the model's indices and back; a history with no
 item the model knows gets the model's labelled popularity answer (``source="popular"``), the
 only fallback the Recommender contract allows. :class:`ModelHolder` keeps one per worker and
 swaps in a newly activated version while the old one keeps answering, so no request is dropped.
-:class:`Blender` is where the feedback loop's blending and re-ranking plug in; until then
-:class:`PassThroughBlender` keeps the model's order.
+Blending and re-ranking happen after the model, in :mod:`recloop.service.loop`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 
@@ -33,35 +31,6 @@ class Candidate:
     score: float
     source: str
     generated: bool = False
-
-
-class Blender(Protocol):
-    """Merges and re-ranks candidates into the final ``n`` (the feedback loop plugs in here)."""
-
-    def blend(
-        self,
-        user_id: str,
-        candidates: Sequence[Candidate],
-        n: int,
-        *,
-        context: str | None,
-        preferences: dict[str, Any],
-    ) -> list[Candidate]: ...
-
-
-class PassThroughBlender:
-    """Keeps the model's order: the default until blending and re-ranking land."""
-
-    def blend(
-        self,
-        user_id: str,
-        candidates: Sequence[Candidate],
-        n: int,
-        *,
-        context: str | None,
-        preferences: dict[str, Any],
-    ) -> list[Candidate]:
-        return list(candidates[:n])
 
 
 class ServingModel:

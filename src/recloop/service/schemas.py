@@ -280,3 +280,56 @@ class GapsOut(BaseModel):
     events: int = Field(description="Stored events of users and items the model knows.")
     segments: list[GapSegment]
     overall: dict[str, float | None]
+
+
+class ArmOut(BaseModel):
+    """One blend setting the bandit may choose."""
+
+    index: int
+    name: str
+    weights: dict[str, float]
+
+
+class SegmentPolicy(BaseModel):
+    """The bandit's current policy in one user segment."""
+
+    probabilities: dict[str, float] = Field(description="P(arm is chosen), by arm name.")
+    posterior_mean: dict[str, float] = Field(description="Posterior mean reward, by arm name.")
+    alpha: list[float]
+    beta: list[float]
+
+
+class SourceStatsOut(BaseModel):
+    impressions: int
+    clicks: int
+    ctr: float
+
+
+class RetrainOut(BaseModel):
+    seq: int
+    started_at: float
+    finished_at: float | None
+    trigger: str
+    events: int
+    version: str | None
+    status: str
+    detail: str | None
+
+
+class LoopOut(BaseModel):
+    """The feedback loop: arms, per-segment policy, rewards, off-policy values, retraining."""
+
+    enabled: bool
+    epsilon: float
+    window_since: float = Field(description="Slates created since this time are learned from…")
+    window_until: float = Field(description="…until this time (their attribution has closed).")
+    attribution_s: float
+    arms: list[ArmOut]
+    segments: dict[str, SegmentPolicy]
+    sources: dict[str, SourceStatsOut] = Field(description="Outcomes attributed by source.")
+    positions: dict[str, SourceStatsOut] = Field(description="Outcomes attributed by position.")
+    offpolicy: dict[str, Any] = Field(
+        description="IPS and SNIPS values of alternative arm policies from the logged slates."
+    )
+    slates_logged: int
+    retraining: list[RetrainOut]

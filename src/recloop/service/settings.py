@@ -58,6 +58,29 @@ class ServiceSettings(BaseModel):
     model_check_s: float = Field(
         default=1.0, gt=0.0, description="How often a worker looks for a newly activated model."
     )
+    loop: bool = Field(
+        default=True,
+        description="Blend the candidate sources with bandit-chosen weights (off: the model's "
+        "order). Slates are logged either way.",
+    )
+    loop_config: Path | None = Field(
+        default=None, description="JSON file with the loop's arms, segments and windows."
+    )
+    loop_update_s: float = Field(
+        default=30.0, ge=0.0, description="How often a worker relearns the bandit (0: never)."
+    )
+    retrain_every_s: float = Field(
+        default=0.0, ge=0.0, description="Retrain when the last run is this old (0: never)."
+    )
+    retrain_min_events: int = Field(
+        default=0, ge=0, description="Retrain after this many new events (0: never)."
+    )
+    retrain_model: str | None = Field(
+        default=None, description="Model class to retrain (default: the active version's)."
+    )
+    slate_flush_s: float = Field(
+        default=0.2, gt=0.0, description="How often logged slates are written, in batches."
+    )
 
     @property
     def db_url(self) -> str:

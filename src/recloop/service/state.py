@@ -9,12 +9,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from recloop.service.auth import KeyCache
-from recloop.service.engine import Blender, ModelHolder, PassThroughBlender
+from recloop.service.engine import ModelHolder
+from recloop.service.loop import LiveLoop, LoopUpdater, Retrainer, loop_config_from
 from recloop.service.ratelimit import RateLimiter
 from recloop.service.settings import ServiceSettings
 from recloop.store.artifacts import ArtifactRegistry
 from recloop.store.cache import Cache, open_cache
 from recloop.store.events import EventStore
+from recloop.store.slates import SlateLog, SlateWriter
 
 
 @dataclass
@@ -29,7 +31,9 @@ class ServiceState:
     keys: KeyCache
     limiter: RateLimiter
     metrics: CollectorRegistry
-    blender: Blender = field(default_factory=PassThroughBlender)
+    slates: SlateWriter
+    loop: LiveLoop
+    updater: LoopUpdater
     counters: dict[str, Counter] = field(default_factory=dict)
     # Components other modules attach by name (the loop, the generative module), built once.
     extensions: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +58,16 @@ class ServiceState:
                 "recloop_events_rejected", "Events rejected for bad fields", registry=metrics
             ),
         }
+        loop = LiveLoop(store, loop_config_from(settings.loop_config))
+        retrain = None
+        if settings.retrain_every_s > 0 or settings.retrain_min_events > 0:
+            retrain = Retrainer(
+                store,
+                registry,
+                every_s=settings.retrain_every_s,
+                min_events=settings.retrain_min_events,
+                model=settings.retrain_model,
+            )
         return cls(
             settings=settings,
             store=store,
@@ -67,10 +81,15 @@ class ServiceState:
             keys=KeyCache(store.key_by_hash, ttl_s=settings.key_cache_s),
             limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
             metrics=metrics,
+            slates=SlateWriter(SlateLog(store), flush_s=settings.slate_flush_s),
+            loop=loop,
+            updater=LoopUpdater(loop, every_s=settings.loop_update_s, retrain=retrain),
             counters=counters,
         )
 
     def close(self) -> None:
+        self.updater.stop()
+        self.slates.close()
         self.cache.close()
         self.store.close()
 
@@ -79,6 +98,10 @@ def warm_up(state: ServiceState) -> None:
     """Before the worker takes requests: load the active model, then move everything loaded so
     far out of the garbage collector's sight, so its passes stay short under load."""
     state.models.reload_now()
+    if state.settings.loop:
+        state.loop.catalog()  # build the arrays before the first request needs them
+    state.slates.start()
+    state.updater.start()
     gc.collect()
     gc.freeze()
 

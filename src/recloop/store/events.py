@@ -126,6 +126,11 @@ class EventStore:
         return self._url.render_as_string(hide_password=True)
 
     @property
+    def url_with_password(self) -> str:
+        """The full database URL, for opening the same store in a child process (never log it)."""
+        return self._url.render_as_string(hide_password=False)
+
+    @property
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
         return self._engine.dialect.name
@@ -291,6 +296,25 @@ class EventStore:
 
     def count_items(self) -> int:
         return self._count(items)
+
+    def all_items(self) -> list[ItemRecord]:
+        """Every catalogue item (hidden ones too), in id order."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(sa.select(items).order_by(items.c.item_id)).all()
+        return [_item_record(row) for row in rows]
+
+    def item_counts(self, since: float | None = None) -> dict[str, int]:
+        """Positive events per item (since ``since``, when given): popularity and trends."""
+        positive = [int(k) for k in EventKind if not k.is_negative]
+        query = (
+            sa.select(events.c.item_id, sa.func.count())
+            .where(events.c.item_id.is_not(None), events.c.kind.in_(positive))
+            .group_by(events.c.item_id)
+        )
+        if since is not None:
+            query = query.where(events.c.timestamp >= since)
+        with self._transaction(write=False) as conn:
+            return {item: int(n) for item, n in conn.execute(query)}
 
     # ------------------------------------------------------------------ users
     def upsert_users(self, batch: Sequence[tuple[str, dict[str, Any]]]) -> None:

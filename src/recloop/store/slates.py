@@ -23,12 +23,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recloop.data.types import EventKind
+from recloop.data.types import NEGATIVE_EVENTS, EventKind
 from recloop.store.events import EventStore
 from recloop.store.schema import bandit_arms, events, impressions, retrain_log, slates
 
 log = logging.getLogger("recloop.store.slates")
 _CHUNK = 500
+_RETRAIN_LOCK = 0x7265747261696E  # "retrain" in ASCII: one claim at a time on PostgreSQL
+_POSITIVE = sorted(int(k) for k in EventKind if k not in NEGATIVE_EVENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +200,94 @@ class SlateLog:
             for r in rows
         ]
 
+    # ------------------------------------------------------------------ aggregates
+    def _hit(self, attribution_s: float, slate_col: Any, created_col: Any, item_col: Any) -> Any:
+        """EXISTS a positive outcome for (slate, item) within ``attribution_s`` of the slate."""
+        return sa.exists().where(
+            events.c.slate_id == slate_col,
+            events.c.item_id == item_col,
+            events.c.kind.in_(_POSITIVE),
+            events.c.timestamp <= created_col + attribution_s,
+        )
+
+    def _slate_hit(self, attribution_s: float) -> Any:
+        """EXISTS a positive outcome on any item the slate showed, within the window."""
+        return (
+            sa.exists()
+            .where(
+                events.c.slate_id == slates.c.slate_id,
+                events.c.kind.in_(_POSITIVE),
+                events.c.timestamp <= slates.c.created_at + attribution_s,
+            )
+            .where(
+                sa.exists().where(
+                    impressions.c.slate_id == slates.c.slate_id,
+                    impressions.c.item_id == events.c.item_id,
+                )
+            )
+        )
+
+    def reward_rows(
+        self, since: float, until: float, attribution_s: float, *, limit: int = 100_000
+    ) -> list[tuple[str, int, float | None, float]]:
+        """``(segment, arm, arm_probability, reward)`` of the bandit-chosen slates created in
+        ``[since, until]``, newest first (at most ``limit``); reward 1 when a shown item got a
+        positive outcome within ``attribution_s``. Computed by the database."""
+        reward = sa.case((self._slate_hit(attribution_s), 1.0), else_=0.0)
+        query = (
+            sa.select(slates.c.segment, slates.c.arm, slates.c.arm_probability, reward)
+            .where(
+                slates.c.arm.is_not(None),
+                slates.c.created_at >= since,
+                slates.c.created_at <= until,
+            )
+            .order_by(slates.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.store.transaction(write=False) as conn:
+            return [(r[0], int(r[1]), r[2], float(r[3])) for r in conn.execute(query)]
+
+    def arm_counts(
+        self, since: float, until: float, attribution_s: float
+    ) -> list[tuple[str, int, int, int]]:
+        """``(segment, arm, slates, rewarded slates)`` over the window, by the database."""
+        hit = sa.case((self._slate_hit(attribution_s), 1), else_=0)
+        query = (
+            sa.select(slates.c.segment, slates.c.arm, sa.func.count(), sa.func.sum(hit))
+            .where(
+                slates.c.arm.is_not(None),
+                slates.c.created_at >= since,
+                slates.c.created_at <= until,
+            )
+            .group_by(slates.c.segment, slates.c.arm)
+        )
+        with self.store.transaction(write=False) as conn:
+            return [(r[0], int(r[1]), int(r[2]), int(r[3] or 0)) for r in conn.execute(query)]
+
+    def impression_counts(
+        self, since: float, until: float, attribution_s: float
+    ) -> dict[str, dict[str, tuple[int, int]]]:
+        """Impressions and positive outcomes by source and by position, over the window."""
+        shown = (impressions.c.slate_id, slates.c.created_at, impressions.c.item_id)
+        hit = sa.case((self._hit(attribution_s, *shown), 1), else_=0)
+        joined = impressions.join(slates, impressions.c.slate_id == slates.c.slate_id)
+        window = (slates.c.created_at >= since, slates.c.created_at <= until)
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        with self.store.transaction(write=False) as conn:
+            for name, column in (
+                ("sources", impressions.c.source),
+                ("positions", impressions.c.position),
+            ):
+                query = (
+                    sa.select(column, sa.func.count(), sa.func.sum(hit))
+                    .select_from(joined)
+                    .where(*window)
+                    .group_by(column)
+                    .order_by(column)
+                )
+                out[name] = {str(r[0]): (int(r[1]), int(r[2] or 0)) for r in conn.execute(query)}
+        return out
+
     def delete_user(self, user_id: str) -> int:
         """Remove every slate (and its impressions) shown to ``user_id``; how many."""
         with self.store.transaction() as conn:
@@ -245,6 +335,26 @@ class SlateLog:
             )
             return int(result.scalar_one())
 
+    def claim_retrain(self, trigger: str, n_events: int, stale_s: float) -> int | None:
+        """Start a retraining run unless one started less than ``stale_s`` ago is still
+        running; atomic across workers (SQLite's write lock, PostgreSQL's advisory lock)."""
+        now = time.time()
+        with self.store.transaction() as conn:
+            if self.store.dialect == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _RETRAIN_LOCK})
+            running = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(retrain_log)
+                .where(retrain_log.c.status == "running", retrain_log.c.started_at > now - stale_s)
+            ).scalar_one()
+            if running:
+                return None
+            result = conn.execute(
+                sa.insert(retrain_log).returning(retrain_log.c.seq),
+                {"started_at": now, "trigger": trigger, "events": n_events, "status": "running"},
+            )
+            return int(result.scalar_one())
+
     def finish_retrain(
         self, seq: int, *, status: str, version: str | None = None, detail: str | None = None
     ) -> None:
@@ -285,6 +395,7 @@ class SlateWriter:
         self._max_batch = max_batch
         self._buffer: list[SlateRecord] = []
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # one batch at a time, so flush() waits for others
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -309,21 +420,23 @@ class SlateWriter:
             self._thread.start()
 
     def flush(self) -> int:
-        """Write what is buffered now, in the caller's thread; how many were written."""
-        with self._lock:
-            batch, self._buffer = self._buffer, []
-        if not batch:
-            return 0
-        try:
-            written = self._log.add_slates(batch)
-        except Exception:  # the store is down: keep the slates for the next try
-            log.exception("writing %d slates failed; will retry", len(batch))
+        """Write what is buffered now, in the caller's thread, after any write in progress
+        elsewhere; every slate added before the call is then stored. How many were written."""
+        with self._writing:
             with self._lock:
-                self._buffer[:0] = batch
-                self.failed += 1
-            return 0
-        self.written += written
-        return written
+                batch, self._buffer = self._buffer, []
+            if not batch:
+                return 0
+            try:
+                written = self._log.add_slates(batch)
+            except Exception:  # the store is down: keep the slates for the next try
+                log.exception("writing %d slates failed; will retry", len(batch))
+                with self._lock:
+                    self._buffer[:0] = batch
+                    self.failed += 1
+                return 0
+            self.written += written
+            return written
 
     def close(self) -> None:
         """Stop the thread and write what is left."""
