@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
+import recloop.generative.review  # noqa: F401  (registers the review tables on metadata)
 from recloop.store.schema import metadata
 
 
