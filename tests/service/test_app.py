@@ -265,7 +265,8 @@ def test_similar_items_preferences_users_metrics_openapi(
     assert put.status_code == 200 and put.json() == prefs
     assert state.store.get_preferences("u5") == {"diversity": 0.5}
     users = {"users": [{"user_id": "u100", "attributes": {"age": 30}}]}
-    assert client.post("/v1/users", json=users, headers=headers).json() == {"stored": 1}
+    answer = client.post("/v1/users", json=users, headers=headers).json()
+    assert answer == {"stored": 1, "fields_dropped": 0}
     assert state.store.get_user("u100") == {"age": 30}
     metrics = client.get("/metrics").text
     assert "recloop_http_requests_total" in metrics and "recloop_events_stored" in metrics
@@ -294,8 +295,9 @@ def test_candidate_cache_gives_the_same_slates(tmp_path: Path) -> None:
             event = {"event_id": "x", "user_id": "u0", "item_id": runs[0][0], "kind": "view"}
             client.post("/v1/events", json={"events": [event]}, headers=bearer(key))
             runs.append([it["item_id"] for it in recommend(client, key, "u0", 3)["items"]])
-            # the item-visibility entry is always cached; candidates only when asked to be
-            assert (len(state.cache) > 1) == cached  # type: ignore[arg-type]
+            # candidates are cached only when asked to be
+            keys = state.cache.entry_keys()  # type: ignore[attr-defined]
+            assert any(k.startswith("candidates:") for k in keys) == cached
         slates[cached] = runs
     assert slates[True] == slates[False]
     assert slates[True][0] == slates[True][2] and slates[True][0][0] not in slates[True][4]
@@ -319,5 +321,13 @@ def test_gaps_rank_the_segments_of_the_stored_users(
     # the two taste groups of the tiny dataset are the two segments
     tops = [{int(i[1:]) < 6 for i in s["top_items"]} for s in segments]
     assert all(len(t) == 1 for t in tops) and tops[0] != tops[1]
+    # the 2-D map: every user a point, each segment's centroid apart from the other's
+    points, centroids = report["map"]["points"], report["map"]["centroids"]
+    assert len(points) == N_USERS and {p["segment"] for p in points} == {0, 1}
+    assert len(centroids) == 2
+    assert (
+        abs(centroids[0]["x"] - centroids[1]["x"]) + abs(centroids[0]["y"] - centroids[1]["y"])
+        > 0.1
+    )
     again = client.get("/v1/gaps", params={"segments": 2}, headers=bearer(keys["admin"]))
     assert again.json() == report  # cached until events or the model change

@@ -109,6 +109,9 @@ def test_the_loop_learns_the_arm_users_reward(tmp_path: Path) -> None:
     assert max(segment["probabilities"], key=segment["probabilities"].get) == name
     assert segment["probabilities"][name] > 0.8
     assert report["slates_logged"] == 8 * 30
+    # the policy over time: one snapshot per update and segment, the target arm rising
+    new = [h["probabilities"][name] for h in report["history"] if h["segment"] == "new"]
+    assert len(new) == 8 and new[-1] > new[0]
     # outcomes are attributed to sources and positions; position 0 got every click
     assert report["positions"]["0"]["clicks"] > 0
     assert all(v["clicks"] == 0 for k, v in report["positions"].items() if k != "0")
@@ -189,3 +192,72 @@ def test_a_bad_loop_config_names_the_file_and_field(tmp_path: Path) -> None:
         loop_config_from(path)
     with pytest.raises(ConfigError, match="cannot read loop config"):
         loop_config_from(tmp_path / "missing.json")
+
+
+def test_only_approved_generated_pieces_reach_any_answer(tmp_path: Path) -> None:
+    """Generated items appear, flagged, only while their piece is approved."""
+    from recloop.generative.quality import GeneratedPiece, QualityConfig
+    from recloop.generative.review import ReviewQueue
+
+    state, keys = open_service(tmp_path, {"max_generated_share": 0.5, "generated_weight": 5.0})
+    queue = ReviewQueue(state.store, quality=QualityConfig())
+    audience = tuple(f"u{u}" for u in range(15, 30))  # taste group B, who like i6..i11
+    texts = {
+        "keep": "A warm collection of films for people who enjoy the quieter corners of the "
+        "catalogue and want something new to watch this weekend with the whole family.",
+        "drop": "Sharp thrillers and tense mysteries chosen for viewers who like a puzzle, with "
+        "plenty of twists to keep everyone guessing until the very last scene.",
+        "wait": "Old musicals with bright songs and grand dancing, picked for an evening when "
+        "nothing should be too serious and every tune is easy to sing along to.",
+    }
+    pieces = {
+        name: queue.submit(
+            GeneratedPiece(
+                kind="collection",
+                segment="s",
+                title=f"Collection {name}",
+                description=texts[name],
+                items=items,
+                audience=audience,
+                provenance={"generated": True},
+                content_id=name,
+            )
+        )
+        for name, items in (("keep", ("i0", "i1")), ("drop", ("i2", "i3")), ("wait", ("i4",)))
+    }
+    assert all(p.status == "pending" for p in pieces.values()), pieces
+    queue.approve("keep", "tester")
+    queue.approve("drop", "tester")
+    with TestClient(create_app(state=state)) as client:
+        seen: set[str] = set()
+        for user in audience:
+            for item in recommend(client, keys["client"], user, n=10)["items"]:
+                if item["generated"]:
+                    assert item["source"] == "generated"
+                    seen.add(item["item_id"])
+        assert seen and seen <= {"i0", "i1", "i2", "i3"}
+        queue.edit("drop", "tester", title="Collection drop, edited")  # back to pending
+        state.cache.invalidate()
+        for user in audience:
+            for item in recommend(client, keys["client"], user, n=10)["items"]:
+                if item["generated"]:
+                    assert item["item_id"] in {"i0", "i1"}, item
+
+
+def test_exposure_audit_of_the_logged_slates(
+    service: tuple[TestClient, dict[str, str], ServiceState],
+) -> None:
+    client, keys, state = service
+    shown = 0
+    for u in range(30):
+        shown += len(recommend(client, keys["client"], f"u{u}", n=4)["items"])
+    state.slates.flush()
+    assert client.get("/v1/fairness", headers=bearer(keys["client"])).status_code == 403
+    audit = client.get("/v1/fairness", headers=bearer(keys["admin"])).json()
+    assert audit["impressions"] == shown and audit["catalogue"] == 12
+    assert 0.0 <= audit["exposure_gini"] <= 1.0
+    bands = audit["by_popularity_band"]
+    assert sum(b["impressions_share"] for b in bands.values()) == pytest.approx(1.0)
+    assert sum(b["catalogue_share"] for b in bands.values()) == pytest.approx(1.0)
+    assert set(audit["by_genre"]) == {"A", "B"}
+    assert sum(s["slates"] for s in audit["by_segment"].values()) == 30

@@ -386,6 +386,41 @@ def _check_heldout(heldout: Any, train: Interactions, x: sp.csr_matrix) -> sp.cs
 
 
 # ------------------------------------------------------------------------------ steps
+def segment_map(
+    train: Interactions,
+    report: GapReport,
+    config: GapConfig | Mapping[str, Any] | None = None,
+    *,
+    max_points: int = 2000,
+) -> dict[str, Any]:
+    """A 2-D map of the analysed users for plotting: the first two principal directions of
+    the same user embedding the clustering used (``points``: x, y and the index of the
+    user's segment in ``report.segments``, at most ``max_points`` users, an even sample)
+    and each segment's centroid."""
+    cfg = config if isinstance(config, GapConfig) else GapConfig.model_validate(config or {})
+    x = train.positive().to_csr()
+    members = [np.asarray(seg.users, dtype=np.int64) for seg in report.segments]
+    users = np.concatenate(members) if members else np.zeros(0, dtype=np.int64)
+    if len(users) < 3:
+        return {"points": [], "centroids": []}
+    index = np.concatenate([np.full(len(m), i) for i, m in enumerate(members)])
+    with limit_threads(cfg.threads):
+        emb = _svd_embed(x[users], cfg.embedding_dim, cfg.seed, idf=cfg.item_weighting == "idf")
+    centred = emb - emb.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    if xy.shape[1] < 2:
+        xy = np.column_stack([xy, np.zeros(len(xy))])
+    pick = np.linspace(0, len(users) - 1, min(max_points, len(users))).astype(np.int64)
+    points = [{"x": float(xy[i, 0]), "y": float(xy[i, 1]), "segment": int(index[i])} for i in pick]
+    centroids = [
+        {"segment": s, "x": float(xy[index == s, 0].mean()), "y": float(xy[index == s, 1].mean())}
+        for s in range(len(members))
+        if (index == s).any()
+    ]
+    return {"points": points, "centroids": centroids}
+
+
 def _svd_embed(x: sp.csr_matrix, dim: int, seed: int, *, idf: bool = True) -> np.ndarray:
     """Truncated SVD of the (idf-weighted) binary rows, L2-normalised before and after."""
     xw = sp.csr_matrix(x, dtype=np.float64)

@@ -76,9 +76,15 @@ class LoopConfig(BaseModel):
     seed: int = 0
     candidates_per_source: int = Field(default=100, ge=1, le=1000)
     generated_weight: float = Field(
-        default=0.0,
+        default=0.3,
         ge=0.0,
         description="Weight of approved generated items in every arm (0: not shown).",
+    )
+    max_generated_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="Most of a slate that may be generated items (users may ask for less).",
     )
     window_s: float = Field(
         default=7 * 86400.0, gt=0, description="Slates older than this are not learned from."

@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import asdict
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,7 +43,11 @@ from recloop.service.observability import (
 from recloop.service.schemas import (
     MAX_RECOMMENDATIONS,
     ArmOut,
+    AuditEntryOut,
+    AuditOut,
+    ConsentBody,
     Count,
+    ErasureOut,
     ErrorBody,
     EventBatch,
     EventIn,
@@ -56,6 +60,7 @@ from recloop.service.schemas import (
     LoopOut,
     ModelList,
     ModelVersion,
+    PolicySnapshot,
     Preferences,
     RecommendedItem,
     RetrainOut,
@@ -69,7 +74,9 @@ from recloop.service.schemas import (
 from recloop.service.settings import ServiceSettings
 from recloop.service.state import ServiceState, warm_up
 from recloop.store.artifacts import ArtifactError
+from recloop.store.cache import user_scope
 from recloop.store.events import ItemRecord, StoreError
+from recloop.store.privacy import Consent
 from recloop.store.slates import Impression, SlateRecord
 
 log = logging.getLogger("recloop.service")
@@ -116,6 +123,7 @@ def create_app(
         "recommendations out. Every /v1 route needs an API key (Bearer or X-API-Key).",
     )
     app.state.recloop = state
+    _connect_generated_source(state)
     app.add_middleware(
         ObservabilityMiddleware, max_body_bytes=settings.max_body_bytes, registry=state.metrics
     )
@@ -127,6 +135,16 @@ def create_app(
     app.router.add_event_handler("startup", partial(warm_up, state))
     app.router.add_event_handler("shutdown", state.close)
     return app
+
+
+def _connect_generated_source(state: ServiceState) -> None:
+    """Approved generated collections (the review queue's) become the loop's generated source."""
+    from recloop.service.routes_review import generated_source
+
+    def source(user_id: str, segment: str, n: int, exclude: set[str]) -> list[Candidate]:
+        return generated_source(state).candidates(user_id, None, n, exclude)
+
+    state.loop.generated_source = source
 
 
 def _extra_routers() -> list[Any]:
@@ -246,7 +264,9 @@ def _add_routes(app: FastAPI) -> None:
         counted in ``duplicates`` and not stored again, so a client may retry freely.
         """
         state = service_state(request)
-        valid, rejected, unknown = parse_events(batch.events)
+        valid, rejected, unknown = parse_events(
+            batch.events, allowed_context=state.settings.context_allow_list
+        )
         result = state.store.add_events(valid) if valid else None
         stored = result.stored if result else 0
         state.counters["events"].inc(stored)
@@ -257,6 +277,7 @@ def _add_routes(app: FastAPI) -> None:
             duplicates=len(result.duplicates) if result else 0,
             rejected=rejected,
             unknown_fields_dropped=unknown,
+            refused_erased=len(result.refused) if result else 0,
         )
 
     @app.get(
@@ -284,6 +305,9 @@ def _add_routes(app: FastAPI) -> None:
         state = service_state(request)
         model = _model(state)
         token = state.cache.token()  # before any read: see _candidates
+        personalised = user_id not in state.erased and state.consent.get(user_id).personalisation
+        if not personalised:
+            return _unpersonalised(state, model, user_id, n)
         events = state.store.history(user_id)
         history = [item for item, _, kind in events if not kind.is_negative]
         excluded = {item for item, _, _ in events} | _blocked(state, time.time())
@@ -359,9 +383,20 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/users", response_model=Count, responses=AUTH_RESPONSES, tags=["users"])
     def post_users(batch: UserBatch, request: Request, _: Client) -> Count:
-        """Add or replace users and their attributes."""
-        service_state(request).store.upsert_users([(u.user_id, u.attributes) for u in batch.users])
-        return Count(stored=len(batch.users))
+        """Add or replace users and their attributes; attributes outside the data policy's
+        allow-list (``RECLOOP_ALLOWED_USER_ATTRIBUTES``) are dropped and counted."""
+        state = service_state(request)
+        allowed = state.settings.user_attribute_allow_list
+        rows, dropped = [], 0
+        for user in batch.users:
+            kept = user.attributes
+            if allowed is not None:
+                kept = {k: v for k, v in user.attributes.items() if k in allowed}
+                dropped += len(user.attributes) - len(kept)
+            rows.append((user.user_id, kept))
+        state.store.upsert_users(rows)
+        state.counters["unknown_fields"].inc(dropped)
+        return Count(stored=len(rows), fields_dropped=dropped)
 
     @app.put(
         "/v1/users/{user_id}/preferences",
@@ -376,6 +411,60 @@ def _add_routes(app: FastAPI) -> None:
         state = service_state(request)
         state.store.set_preferences(user_id, body.preferences)
         return Preferences(preferences=state.store.get_preferences(user_id))
+
+    @app.get(
+        "/v1/users/{user_id}/consent",
+        response_model=ConsentBody,
+        responses=AUTH_RESPONSES,
+        tags=["privacy"],
+    )
+    def get_consent(user_id: PathId, request: Request, _: Client) -> ConsentBody:
+        """The user's consent (defaults: personalisation and training on, generative off)."""
+        value = service_state(request).privacy.consent(user_id)
+        return ConsentBody(**asdict(value))
+
+    @app.put(
+        "/v1/users/{user_id}/consent",
+        response_model=ConsentBody,
+        responses=AUTH_RESPONSES,
+        tags=["privacy"],
+    )
+    def put_consent(
+        user_id: PathId, body: ConsentBody, request: Request, principal: Client
+    ) -> ConsentBody:
+        """Replace the user's consent; every component honours it from the next request on
+        (training from the next training run). Audited."""
+        state = service_state(request)
+        state.consent.set(user_id, Consent(**body.model_dump()), f"key:{principal.key_id}")
+        return ConsentBody(**asdict(state.privacy.consent(user_id)))
+
+    @app.delete(
+        "/v1/users/{user_id}",
+        response_model=ErasureOut,
+        responses=AUTH_RESPONSES,
+        tags=["privacy"],
+    )
+    def delete_user(user_id: PathId, request: Request, principal: Admin) -> ErasureOut:
+        """Erase the user: their events, profile, preferences, consent and slates are deleted
+        and every cache entry derived from them purged before the answer; a tombstone refuses
+        their events from then on; models are rebuilt without them by ``model_rebuild_by``.
+        Audited (request and completion)."""
+        from recloop.service.privacy import erase
+
+        report = erase(service_state(request), user_id, f"key:{principal.key_id}")
+        log.info("user erased", extra={"key_id": principal.key_id})
+        return report
+
+    @app.get("/v1/audit", response_model=AuditOut, responses=AUTH_RESPONSES, tags=["privacy"])
+    def audit(
+        request: Request,
+        _: Admin,
+        subject: Annotated[str | None, Query(max_length=128)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AuditOut:
+        """The privacy audit log, newest first (of one user, with ``subject``)."""
+        entries = service_state(request).privacy.audit(subject=subject, limit=limit)
+        return AuditOut(entries=[AuditEntryOut(**asdict(e)) for e in entries])
 
     @app.get(
         "/v1/gaps",
@@ -394,7 +483,11 @@ def _add_routes(app: FastAPI) -> None:
         predicted satisfaction, its coverage of what the segment consumes, and how much tail
         the segment wants against how much it gets. Cached until events or the model change.
         """
-        from recloop.engine.gaps import GapConfig, analyse_gaps  # scikit-learn: load on use
+        from recloop.engine.gaps import (  # scikit-learn: load on use
+            GapConfig,
+            analyse_gaps,
+            segment_map,
+        )
 
         state = service_state(request)
         model = _model(state)
@@ -403,12 +496,17 @@ def _add_routes(app: FastAPI) -> None:
         if cached is not None:
             return GapsOut.model_validate_json(cached)
         train = interactions_from_store(state.store, model.users, model.items)
-        report = analyse_gaps(train, model.model, GapConfig(n_segments=segments)).to_json(
-            include_users=False
-        )
+        config = GapConfig(n_segments=segments)
+        analysis = analyse_gaps(train, model.model, config)
+        report = analysis.to_json(include_users=False)
         for segment in report["segments"]:
             segment["top_items"] = model.items.ids(segment["top_items"])
-        out = GapsOut(model_version=model.version, events=len(train), **report)
+        out = GapsOut(
+            model_version=model.version,
+            events=len(train),
+            map=segment_map(train, analysis, config),
+            **report,
+        )
         state.cache.set(key, out.model_dump_json().encode(), ttl=3600.0)
         return out
 
@@ -432,6 +530,35 @@ def _add_routes(app: FastAPI) -> None:
         state.cache.set("loop-report", report.model_dump_json().encode(), ttl=10.0)
         return report
 
+    @app.get("/v1/fairness", responses=AUTH_RESPONSES, tags=["loop"])
+    def fairness(
+        request: Request,
+        _: Admin,
+        days: Annotated[float, Query(gt=0, le=365)] = 7.0,
+    ) -> JSONResponse:
+        """Exposure audit of the slates shown over the last ``days``: impression Gini, share
+        of impressions by popularity band and genre against their catalogue share, and each
+        user segment's slates and reward rate (docs/fairness.md). Cached for 60 s."""
+        from recloop.service.exposure import exposure_audit
+
+        state = service_state(request)
+        key = f"fairness:{days:g}"
+        cached = state.cache.get(key)
+        if cached is not None:
+            return JSONResponse(json.loads(cached))
+        now = time.time()
+        since = now - days * 86400.0
+        log_ = state.loop.log
+        report = exposure_audit(
+            state.store.all_items(),
+            state.store.item_counts(),
+            log_.item_impressions(since),
+            log_.segment_counts(since, now, state.loop.config.attribution_s),
+            days * 86400.0,
+        )
+        state.cache.set(key, json.dumps(report).encode(), ttl=60.0)
+        return JSONResponse(report)
+
     @app.get("/v1/models", response_model=ModelList, responses=AUTH_RESPONSES, tags=["models"])
     def list_models(request: Request, _: Admin) -> ModelList:
         """Every registered model version and which one is active."""
@@ -453,6 +580,29 @@ def _add_routes(app: FastAPI) -> None:
             ],
         )
 
+    @app.get(
+        "/v1/models/{version}/card",
+        responses={**AUTH_RESPONSES, 404: {"description": "Unknown version, or no card"}},
+        tags=["models"],
+    )
+    def model_card(
+        version: PathId,
+        request: Request,
+        _: Client,
+        format: Annotated[Literal["json", "markdown"], Query()] = "json",
+    ) -> Response:
+        """The version's model card: data, protocol, holdout metrics by segment, privacy,
+        limitations (written when it was trained)."""
+        from recloop.service.cards import card_markdown
+
+        info = service_state(request).registry.info(version)  # unknown -> 404
+        card = info.metadata.get("card")
+        if card is None:
+            raise HTTPException(404, f"version {version} was trained without a model card")
+        if format == "markdown":
+            return Response(card_markdown(version, card), media_type="text/markdown")
+        return JSONResponse(card)
+
     @app.post(
         "/v1/models/{version}/activate",
         response_model=ModelList,
@@ -468,6 +618,26 @@ def _add_routes(app: FastAPI) -> None:
         state.cache.invalidate()
         log.info("model version %s activated", version, extra={"key_id": principal.key_id})
         return list_models(request, principal)
+
+
+def _unpersonalised(state: ServiceState, model: Any, user_id: str, n: int) -> Response:
+    """The model's popularity answer, as for a user it knows nothing about: for users who
+    turned personalisation off, or were erased. Labelled ``personalised: false``; logged
+    without the bandit."""
+    excluded = _blocked(state, time.time())
+    final = list(model.recommend("", [], n, excluded))  # "" is never a known user
+    slate_id = uuid.uuid4().hex
+    if user_id not in state.erased:
+        segment = "unpersonalised"
+        state.slates.add(_slate_record(slate_id, user_id, model.version, segment, final, None))
+    slate = Slate(
+        slate_id=slate_id,
+        user_id=user_id,
+        model_version=model.version,
+        personalised=False,
+        items=_labelled(slate_id, final),
+    )
+    return Response(slate.model_dump_json(), media_type="application/json")
 
 
 def _slate_record(
@@ -535,6 +705,10 @@ def _loop_report(state: ServiceState) -> LoopOut:
         offpolicy=_json_safe(offpolicy_report(rows, config, bandit)),
         slates_logged=loop.log.count_slates(),
         retraining=[RetrainOut(**asdict(e)) for e in loop.log.retrain_history(20)],
+        history=[
+            PolicySnapshot(at=at, segment=segment, probabilities=probs)
+            for at, segment, probs in loop.log.policy_history(500)
+        ],
     )
 
 
@@ -591,7 +765,7 @@ def _candidates(
     if not settings.candidate_cache or n > settings.candidates:
         return list(model.recommend(user_id, history, n, excluded))
     last = f"{events[-1][0]}@{events[-1][1]}" if events else "-"
-    key = f"candidates:{model.version}:{len(events)}:{last}:{user_id}"
+    key = f"candidates:{model.version}:{len(events)}:{last}{user_scope(user_id)}"
     cached = state.cache.get(key)
     if cached is not None:
         rows = json.loads(cached)

@@ -100,13 +100,19 @@ def interactions_from_store(
 
     Without id maps, every event counts and the maps are built from the events (to train a
     new model). With a model's id maps, only events of users and items they hold count, in
-    that model's index space; the maps are copied, never extended.
+    that model's index space; the maps are copied, never extended. Users who turned their
+    training consent off are left out either way.
     """
+    from recloop.store.privacy import PrivacyLog
+
     grow = users is None or items is None
     user_index = IdMap() if users is None else users.copy()
     item_index = IdMap() if items is None else items.copy()
+    withheld = PrivacyLog(store).without_training_consent()
     rows: list[tuple[int, int, float, int, float]] = []
     for user_id, item_id, timestamp, kind, value in store.histories():
+        if user_id in withheld:
+            continue
         if not grow and (user_id not in user_index or item_id not in item_index):
             continue
         u = int(user_index.add([user_id])[0])
@@ -133,32 +139,63 @@ def train_version(
     config: dict[str, Any] | None = None,
     *,
     activate: bool = True,
+    card: bool = True,
 ) -> str:
     """Fit ``model_name`` on every stored event and register it; returns the new version.
 
     Models that stop early (the neural ones) hold out each user's last event as validation
     (a ``loo`` split); the others learn from everything. Serving always reads the full
-    history from the store, so the held-out events still count at request time.
+    history from the store, so the held-out events still count at request time. With
+    ``card``, the version's model card (:mod:`recloop.service.cards`) is evaluated on a
+    leave-last-out holdout and stored in its manifest (a second fit for the models that
+    learn from everything).
     """
+    from recloop.service.cards import holdout_metrics, model_card
+    from recloop.store.privacy import PrivacyLog
+
     model_class(model_name)  # unknown names fail before the store is read
+    privacy = PrivacyLog(store)
     data = interactions_from_store(store)
     model = build_model(model_name, config)
+    split = make_split(data, "loo", seed=0)
+    stops_early = bool(getattr(model.config, "early_stopping", False))
     started = time.perf_counter()
-    if bool(getattr(model.config, "early_stopping", False)):
-        model.fit(make_split(data, "loo", seed=0))
-    else:
-        model.fit(data)
+    model.fit(split if stops_early else data)
     seconds = time.perf_counter() - started
+    model_config = model.config.model_dump(mode="json")
+    metadata: dict[str, Any] = {
+        "config": model_config,
+        "events": len(data),
+        "train_seconds": round(seconds, 3),
+    }
+    if card:
+        evaluation = holdout_metrics(model_name, model_config, model, split, stops_early)
+        metadata["card"] = model_card(
+            version_hint=f"{model_name} trained on {len(data)} events",
+            model_name=model_name,
+            config=model_config,
+            data=data,
+            withheld_users=len(privacy.without_training_consent()),
+            erased_users=len(privacy.erased()),
+            train_seconds=seconds,
+            evaluation=evaluation,
+            privacy=_privacy_summary(model),
+        )
     version = registry.register(
-        model,
-        item_ids=data.items.ids(),
-        user_ids=data.users.ids(),
-        metadata={
-            "config": model.config.model_dump(mode="json"),
-            "events": len(data),
-            "train_seconds": round(seconds, 3),
-        },
+        model, item_ids=data.items.ids(), user_ids=data.users.ids(), metadata=metadata
     )
     if activate:
         registry.activate(version)
     return version
+
+
+def _privacy_summary(model: Any) -> dict[str, Any]:
+    """What the card says about privacy: the model's own DP record when it has one."""
+    record = getattr(model, "privacy_record", None)
+    dp = record() if callable(record) else None
+    return {
+        "differential_privacy": dp,
+        "consent": "users without training consent are left out of the training data",
+        "erasure": "erased users' events are deleted before training; the model is rebuilt "
+        "after every erasure",
+    }

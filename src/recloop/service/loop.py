@@ -46,6 +46,7 @@ from recloop.engine.loop import (
 )
 from recloop.service.engine import Candidate
 from recloop.store.events import EventStore, ItemRecord
+from recloop.store.privacy import PrivacyLog
 from recloop.store.slates import SlateLog
 
 log = logging.getLogger("recloop.service.loop")
@@ -151,7 +152,7 @@ class LiveLoop:
         self.store = store
         self.log = SlateLog(store)
         self.config = config
-        self.blend_config = blend or BlendConfig()
+        self.blend_config = blend or BlendConfig(max_generated_share=config.max_generated_share)
         self.refresh_s = refresh_s
         self.catalog_refresh_s = catalog_refresh_s
         self.trend_window_s = trend_window_s
@@ -293,10 +294,12 @@ class LoopUpdater:
         *,
         every_s: float,
         retrain: Retrainer | None = None,
+        purge: Callable[[float], Any] | None = None,
     ) -> None:
         self.loop = loop
         self.every_s = every_s
         self.retrain = retrain
+        self.purge = purge
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.updates = 0
@@ -308,8 +311,19 @@ class LoopUpdater:
         counts = self.loop.log.arm_counts(since, until, self.loop.config.attribution_s)
         posteriors = posteriors_from_counts(counts, self.loop.config)
         self.loop.log.set_arms(posteriors)
+        bandit = bandit_from_posteriors(self.loop.config, posteriors)
+        names = [arm.name for arm in self.loop.config.arms]
+        self.loop.log.add_policy_snapshot(
+            now,
+            {
+                segment: dict(zip(names, bandit.probabilities(segment).tolist(), strict=True))
+                for segment in sorted({*self.loop.config.segments, *bandit.segments})
+            },
+        )
         self.loop._next_bandit = 0.0  # this worker reads them at its next request
         self.updates += 1
+        if self.purge is not None:
+            self.purge(now)
         if self.retrain is not None:
             self.retrain.check(now)
         return posteriors
@@ -335,7 +349,8 @@ class LoopUpdater:
 
 
 class Retrainer:
-    """Retrains by schedule or data volume; one worker at a time claims the run."""
+    """Retrains after an erasure, by data volume or on a schedule; one worker at a time claims
+    the run."""
 
     def __init__(
         self,
@@ -349,6 +364,7 @@ class Retrainer:
     ) -> None:
         self.store = store
         self.log = SlateLog(store)
+        self.privacy = PrivacyLog(store)
         self.registry = registry
         self.every_s = every_s
         self.min_events = min_events
@@ -356,17 +372,24 @@ class Retrainer:
         self.stale_s = stale_s
 
     def due(self, now: float) -> str | None:
-        """``"schedule"``, ``"volume"`` or None, from the last run (or the active version)."""
+        """``"erasure"``, ``"volume"``, ``"schedule"`` or None.
+
+        Erasure first: a user erased after the active version was trained is still inside
+        it, so the next check rebuilds. Volume and schedule count from the last run (or the
+        active version when there was none).
+        """
+        active = self.registry.active()
+        if active is None:
+            return None
+        info = self.registry.info(active)
+        if self.privacy.erased_since(info.created_at):
+            return "erasure"
         if self.every_s <= 0 and self.min_events <= 0:
             return None
         last = self.log.retrain_history(1)
         if last:
             since, seen = last[0].started_at, last[0].events
         else:
-            active = self.registry.active()
-            if active is None:
-                return None
-            info = self.registry.info(active)
             since, seen = info.created_at, int(info.metadata.get("events", 0))
         if self.min_events > 0 and self.store.count_events() - seen >= self.min_events:
             return "volume"

@@ -122,6 +122,9 @@ class EventsResult(BaseModel):
     )
     rejected: list[RejectedEvent]
     unknown_fields_dropped: int = Field(description="Fields no event schema knows, dropped.")
+    refused_erased: int = Field(
+        default=0, description="Events about erased users: refused by their tombstones."
+    )
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:
@@ -132,9 +135,13 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
 
 
 def parse_events(
-    raw: list[Any], received: float | None = None
+    raw: list[Any],
+    received: float | None = None,
+    allowed_context: frozenset[str] | None = None,
 ) -> tuple[list[EventRecord], list[RejectedEvent], int]:
-    """Valid events as store records, the rejected ones with field errors, unknown fields."""
+    """Valid events as store records, the rejected ones with field errors, and how many
+    fields were dropped: unknown to the schema, or context keys outside ``allowed_context``
+    (the data policy's allow-list; None keeps every key)."""
     received = time.time() if received is None else received
     valid: list[EventRecord] = []
     rejected: list[RejectedEvent] = []
@@ -145,6 +152,11 @@ def parse_events(
             rejected.append(RejectedEvent(index=index, event_id=None, errors=[error]))
             continue
         unknown += sum(1 for key in item if key not in EVENT_FIELDS)
+        context = item.get("context")
+        if allowed_context is not None and isinstance(context, dict):
+            kept = {k: v for k, v in context.items() if k in allowed_context}
+            unknown += len(context) - len(kept)
+            item = {**item, "context": kept or None}
         try:
             valid.append(EventIn.model_validate(item).record(received))
         except ValidationError as exc:
@@ -174,6 +186,11 @@ class Slate(BaseModel):
     slate_id: str
     user_id: str
     model_version: str
+    personalised: bool = Field(
+        default=True,
+        description="False when the user turned personalisation off (or was erased): the "
+        "items are then the non-personalised popular ones.",
+    )
     items: list[RecommendedItem]
 
 
@@ -234,7 +251,12 @@ class Preferences(_Body):
 
 
 class Count(BaseModel):
+    """How many records were stored (and how many fields the data policy dropped)."""
+
     stored: int
+    fields_dropped: int = Field(
+        default=0, description="Attributes outside the data policy's allow-list, not stored."
+    )
 
 
 class ModelVersion(BaseModel):
@@ -280,6 +302,11 @@ class GapsOut(BaseModel):
     events: int = Field(description="Stored events of users and items the model knows.")
     segments: list[GapSegment]
     overall: dict[str, float | None]
+    map: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="2-D map of the users (first two principal directions of the clustering's "
+        "embedding): points {x, y, segment} (segment = index into segments) and centroids.",
+    )
 
 
 class ArmOut(BaseModel):
@@ -316,6 +343,12 @@ class RetrainOut(BaseModel):
     detail: str | None
 
 
+class PolicySnapshot(BaseModel):
+    at: float
+    segment: str
+    probabilities: dict[str, float]
+
+
 class LoopOut(BaseModel):
     """The feedback loop: arms, per-segment policy, rewards, off-policy values, retraining."""
 
@@ -333,3 +366,52 @@ class LoopOut(BaseModel):
     )
     slates_logged: int
     retraining: list[RetrainOut]
+    history: list[PolicySnapshot] = Field(
+        default_factory=list,
+        description="The policy over time: each segment's arm probabilities at each update.",
+    )
+
+
+class ConsentBody(BaseModel):
+    """A user's consent: each flag is honoured by every component (docs/privacy.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    personalisation: bool = Field(description="Off: non-personalised answers, labelled so.")
+    training: bool = Field(description="Off: the user's events stay out of model training.")
+    generative: bool = Field(description="Off: none of the user's data goes into a prompt.")
+
+
+class ErasureOut(BaseModel):
+    """What erasing a user removed, and when models will no longer hold them."""
+
+    user_id: str
+    erased_at: float
+    completed_at: float
+    events: int
+    slates: int
+    impressions: int
+    profile: bool
+    consent: bool
+    cache_entries_purged: int
+    queued_slates_dropped: int
+    model_rebuild_by: float | None = Field(
+        description="Models are rebuilt without the user by this time (None: the loop "
+        "updater is off, so nothing retrains; retrain by hand)."
+    )
+    models_holding_user: list[str] = Field(
+        description="Registered versions trained with the user (the active one is rebuilt)."
+    )
+
+
+class AuditEntryOut(BaseModel):
+    seq: int
+    at: float
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any] | None
+
+
+class AuditOut(BaseModel):
+    entries: list[AuditEntryOut]

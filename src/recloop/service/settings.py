@@ -78,9 +78,52 @@ class ServiceSettings(BaseModel):
     retrain_model: str | None = Field(
         default=None, description="Model class to retrain (default: the active version's)."
     )
+    erasure_rebuild_s: float = Field(
+        default=600.0,
+        gt=0.0,
+        description="Models are rebuilt without an erased user within this time (the loop "
+        "updater retrains at its next run after an erasure).",
+    )
+    allowed_context_keys: str = Field(
+        default="surface,device,page,locale",
+        description="Event context keys that are stored (comma-separated; others are dropped "
+        "and counted); '*' keeps every key.",
+    )
+    allowed_user_attributes: str = Field(
+        default="age,gender,occupation",
+        description="User attributes that are stored (comma-separated); '*' keeps all.",
+    )
+    retention_days: str = Field(
+        default="",
+        description="Days events of each kind are kept, e.g. 'view=90,click=365' (others: "
+        "forever); the loop updater purges older ones.",
+    )
+    slate_retention_days: float = Field(
+        default=30.0, gt=0.0, description="Days logged slates and impressions are kept."
+    )
     slate_flush_s: float = Field(
         default=0.2, gt=0.0, description="How often logged slates are written, in batches."
     )
+
+    @property
+    def context_allow_list(self) -> frozenset[str] | None:
+        return _allow_list(self.allowed_context_keys)
+
+    @property
+    def user_attribute_allow_list(self) -> frozenset[str] | None:
+        return _allow_list(self.allowed_user_attributes)
+
+    @property
+    def retention_s(self) -> dict[str, float]:
+        """Seconds to keep each event kind (lower-case kind names)."""
+        out: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in self.retention_days.split(","))):
+            kind, _, days = part.partition("=")
+            try:
+                out[kind.strip().lower()] = float(days) * 86400.0
+            except ValueError:
+                raise ConfigError(f"RECLOOP_RETENTION_DAYS: {part!r} is not kind=days") from None
+        return out
 
     @property
     def db_url(self) -> str:
@@ -116,3 +159,9 @@ class ServiceSettings(BaseModel):
             if value is not None:
                 out[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         return out
+
+
+def _allow_list(text: str) -> frozenset[str] | None:
+    if text.strip() == "*":
+        return None
+    return frozenset(p.strip() for p in text.split(",") if p.strip())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -11,11 +12,13 @@ from prometheus_client import CollectorRegistry, Counter
 from recloop.service.auth import KeyCache
 from recloop.service.engine import ModelHolder
 from recloop.service.loop import LiveLoop, LoopUpdater, Retrainer, loop_config_from
+from recloop.service.privacy import ConsentReader, ErasedUsers
 from recloop.service.ratelimit import RateLimiter
 from recloop.service.settings import ServiceSettings
 from recloop.store.artifacts import ArtifactRegistry
 from recloop.store.cache import Cache, open_cache
 from recloop.store.events import EventStore
+from recloop.store.privacy import PrivacyLog
 from recloop.store.slates import SlateLog, SlateWriter
 
 
@@ -34,6 +37,9 @@ class ServiceState:
     slates: SlateWriter
     loop: LiveLoop
     updater: LoopUpdater
+    privacy: PrivacyLog
+    erased: ErasedUsers
+    consent: ConsentReader
     counters: dict[str, Counter] = field(default_factory=dict)
     # Components other modules attach by name (the loop, the generative module), built once.
     extensions: dict[str, Any] = field(default_factory=dict)
@@ -59,31 +65,43 @@ class ServiceState:
             ),
         }
         loop = LiveLoop(store, loop_config_from(settings.loop_config))
-        retrain = None
-        if settings.retrain_every_s > 0 or settings.retrain_min_events > 0:
-            retrain = Retrainer(
-                store,
-                registry,
-                every_s=settings.retrain_every_s,
-                min_events=settings.retrain_min_events,
-                model=settings.retrain_model,
-            )
+        retrain = Retrainer(  # always: erasures trigger a rebuild even without a schedule
+            store,
+            registry,
+            every_s=settings.retrain_every_s,
+            min_events=settings.retrain_min_events,
+            model=settings.retrain_model,
+        )
+        cache = open_cache(
+            settings.cache_url,
+            namespace=settings.cache_namespace,
+            generation_file=settings.generation_file,
+        )
+        privacy = PrivacyLog(store)
         return cls(
             settings=settings,
             store=store,
             registry=registry,
-            cache=open_cache(
-                settings.cache_url,
-                namespace=settings.cache_namespace,
-                generation_file=settings.generation_file,
-            ),
+            cache=cache,
             models=ModelHolder(registry, check_every_s=settings.model_check_s),
             keys=KeyCache(store.key_by_hash, ttl_s=settings.key_cache_s),
             limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
             metrics=metrics,
             slates=SlateWriter(SlateLog(store), flush_s=settings.slate_flush_s),
             loop=loop,
-            updater=LoopUpdater(loop, every_s=settings.loop_update_s, retrain=retrain),
+            updater=LoopUpdater(
+                loop,
+                every_s=settings.loop_update_s,
+                retrain=retrain,
+                purge=partial(
+                    privacy.purge_expired,
+                    settings.retention_s,
+                    settings.slate_retention_days * 86400.0,
+                ),
+            ),
+            privacy=privacy,
+            erased=ErasedUsers(privacy),
+            consent=ConsentReader(privacy, cache),
             counters=counters,
         )
 

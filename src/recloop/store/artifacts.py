@@ -341,6 +341,14 @@ class ArtifactRegistry:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     # -- loading ----------------------------------------------------------------------
+    def user_ids(self, version: str) -> list[str]:
+        """The external user ids ``version`` was trained with (without loading the model)."""
+        ids_path = self.versions_dir / self.info(version).version / IDS
+        try:
+            return list(json.loads(ids_path.read_text())["users"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{ids_path}: invalid ids file ({exc})") from None
+
     def load(self, version: str | None = None) -> LoadedModel:
         """A fitted model and its id maps: ``version``, or the active one when None."""
         from recloop.models.registry import model_class  # torch import: only when loading

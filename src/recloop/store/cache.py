@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -50,9 +50,17 @@ class Cache(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def purge(self, fragment: str) -> int: ...
+
     def invalidate(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def user_scope(user_id: str) -> str:
+    """The fragment every key of an entry derived from one user's data must carry: erasing
+    the user purges every entry whose key holds it (:meth:`Cache.purge`)."""
+    return f"|user={user_id}|"
 
 
 def mask_url(url: str) -> str:
@@ -100,6 +108,11 @@ class InProcessCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+    def entry_keys(self) -> list[str]:
+        """The keys held now, least recently used first (for inspection and tests)."""
+        with self._lock:
+            return list(self._entries)
 
     def _stamp(self) -> FileStamp:
         if self.generation_file is None:
@@ -160,6 +173,15 @@ class InProcessCache:
     def delete(self, key: str) -> None:
         with self._lock:
             self._entries.pop(key, None)
+
+    def purge(self, fragment: str) -> int:
+        """Delete every entry whose key contains ``fragment`` (here; other processes drop
+        theirs at the next :meth:`invalidate`); how many."""
+        with self._lock:
+            doomed = [key for key in self._entries if fragment in key]
+            for key in doomed:
+                del self._entries[key]
+        return len(doomed)
 
     def invalidate(self) -> None:
         """Drop every entry here and, through the generation file, in every other process."""
@@ -336,6 +358,25 @@ class RedisCache:
         except (redis.RedisError, OSError, ValueError):
             self._failed()
 
+    def purge(self, fragment: str) -> int:
+        """Delete every key of every generation containing ``fragment`` (SCAN, then DEL);
+        how many. Unlike reads, a failure raises :class:`CacheError`: erasure must not
+        silently leave data behind."""
+        pattern = f"{self.namespace}:*{_glob_escape(fragment)}*"
+        deleted = 0
+        try:
+            batch: list[Any] = []
+            for name in self._client.scan_iter(match=pattern, count=1000):
+                batch.append(name)
+                if len(batch) >= 500:
+                    deleted += int(self._client.delete(*batch))
+                    batch = []
+            if batch:
+                deleted += int(self._client.delete(*batch))
+        except (redis.RedisError, OSError) as exc:
+            raise CacheError(f"cannot purge the cache at {self.url}: {_one_line(exc)}") from None
+        return deleted
+
     def invalidate(self) -> None:
         """Start a new generation and announce it to every process.
 
@@ -364,6 +405,11 @@ class RedisCache:
             self._pubsub.close()
         finally:
             self._client.close()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 def open_cache(

@@ -26,12 +26,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from recloop.data.types import EventKind
 from recloop.errors import RecloopError
-from recloop.store.schema import api_keys, events, items, users
+from recloop.store.schema import api_keys, events, items, tombstones, users
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 KEY_ROLES = ("client", "admin")
 _CHUNK = 1000
 _ADVISORY_LOCK_KEY = 0x7265636C6F6F70  # "recloop" in ASCII: serialises upgrades across processes
+ERASURE_LOCK_KEY = 0x6572617375726500  # "erasure": user writes shared, erasures exclusive
 # Alembic's `context` is a module-level proxy, so two upgrades in one process must not overlap.
 _MIGRATION_LOCK = threading.Lock()
 
@@ -56,10 +57,12 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """``stored`` new events; ``duplicates`` ids already stored or repeated in the batch."""
+    """``stored`` new events; ``duplicates`` ids already stored or repeated in the batch;
+    ``refused`` ids of events about erased users."""
 
     stored: int
     duplicates: list[str]
+    refused: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,30 +153,47 @@ class EventStore:
 
     # ------------------------------------------------------------------ events
     def add_events(self, batch: Sequence[EventRecord]) -> IngestResult:
-        """Store new events in one committed transaction; known or repeated ids are skipped."""
+        """Store new events in one committed transaction; known or repeated ids are skipped,
+        and so are the events of erased users (``refused``: their tombstones reject replays)."""
         first: dict[str, int] = {}
         for index, event in enumerate(batch):
             first.setdefault(event.event_id, index)
         stored: set[str] = set()
+        refused: list[str] = []
         if first:
-            rows = [_event_row(batch[index]) for index in first.values()]
-            insert: postgresql.Insert | sqlite.Insert
-            params: list[dict[str, Any]] | dict[str, list[Any]]
-            if self.dialect == "postgresql":  # the batch as column arrays: see the function
-                insert = _POSTGRES_BATCH_INSERT
-                params = {name: [row[name] for row in rows] for name in _EVENT_COLUMNS}
-            else:
-                insert, params = sqlite.insert(events), rows
-            insert = insert.on_conflict_do_nothing(index_elements=["event_id"])
             with self._transaction() as conn:
-                result = conn.execute(insert.returning(events.c.event_id), params)
-                stored.update(result.scalars())
+                self.guard_against_erasure(conn)
+                users_in_batch = sorted({batch[index].user_id for index in first.values()})
+                erased: set[str] = set()
+                for start in range(0, len(users_in_batch), _CHUNK):
+                    chunk = users_in_batch[start : start + _CHUNK]
+                    erased.update(
+                        conn.execute(
+                            sa.select(tombstones.c.user_id).where(tombstones.c.user_id.in_(chunk))
+                        ).scalars()
+                    )
+                keep = [i for i in first.values() if batch[i].user_id not in erased]
+                refused = [batch[i].event_id for i in first.values() if batch[i].user_id in erased]
+                if keep:
+                    rows = [_event_row(batch[index]) for index in keep]
+                    insert: postgresql.Insert | sqlite.Insert
+                    params: list[dict[str, Any]] | dict[str, list[Any]]
+                    if self.dialect == "postgresql":  # the batch as column arrays: see there
+                        insert = _POSTGRES_BATCH_INSERT
+                        params = {name: [row[name] for row in rows] for name in _EVENT_COLUMNS}
+                    else:
+                        insert, params = sqlite.insert(events), rows
+                    insert = insert.on_conflict_do_nothing(index_elements=["event_id"])
+                    result = conn.execute(insert.returning(events.c.event_id), params)
+                    stored.update(result.scalars())
+        refused_set = set(refused)
         duplicates = [
             event.event_id
             for index, event in enumerate(batch)
-            if first[event.event_id] != index or event.event_id not in stored
+            if event.event_id not in refused_set
+            and (first[event.event_id] != index or event.event_id not in stored)
         ]
-        return IngestResult(stored=len(stored), duplicates=duplicates)
+        return IngestResult(stored=len(stored), duplicates=duplicates, refused=refused)
 
     def history(
         self, user_id: str, *, until: float | None = None
@@ -416,6 +436,15 @@ class EventStore:
                 raise StoreError(
                     f"cannot migrate event store {self.url}: {_one_line(exc)}"
                 ) from exc
+
+    def guard_against_erasure(self, conn: sa.Connection, *, exclusive: bool = False) -> None:
+        """Serialise writes about users with erasures (PostgreSQL; SQLite's write lock already
+        does): writers take the lock shared, an erasure exclusively, so a write that began
+        before an erasure finishes first (and is deleted by it), and one that begins later
+        sees the tombstone."""
+        if self.dialect == "postgresql":
+            lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            conn.execute(sa.text(f"SELECT {lock}(:key)"), {"key": ERASURE_LOCK_KEY})
 
     def transaction(self, *, write: bool = True) -> Any:
         """A connection in a transaction (a context manager), for the store's companion

@@ -121,3 +121,42 @@ retrain_log = sa.Table(
     sa.Column("status", sa.String, nullable=False),
     sa.Column("detail", sa.Text, nullable=True),
 )
+
+# Privacy (migration 0004): consent, erased users' tombstones, the audit log.
+consent = sa.Table(
+    "consent",
+    metadata,
+    sa.Column("user_id", sa.String, primary_key=True),
+    sa.Column("personalisation", sa.Boolean, nullable=False),
+    sa.Column("training", sa.Boolean, nullable=False),
+    sa.Column("generative", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Double, nullable=False),
+)
+
+tombstones = sa.Table(
+    "tombstones",
+    metadata,
+    sa.Column("user_id", sa.String, primary_key=True),
+    sa.Column("erased_at", sa.Double, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", SequenceNumber, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("actor", sa.String, nullable=False),
+    sa.Column("action", sa.String, nullable=False),
+    sa.Column("subject", sa.String, nullable=False, index=True),
+    sa.Column("detail", sa.Text, nullable=True),
+)
+
+# The bandit's policy over time (migration 0004): one row per segment and update.
+bandit_history = sa.Table(
+    "bandit_history",
+    metadata,
+    sa.Column("seq", SequenceNumber, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Double, nullable=False),
+    sa.Column("segment", sa.String, nullable=False),
+    sa.Column("probabilities", sa.Text, nullable=False),  # JSON {arm name: probability}
+)

@@ -25,7 +25,15 @@ import sqlalchemy as sa
 
 from recloop.data.types import NEGATIVE_EVENTS, EventKind
 from recloop.store.events import EventStore
-from recloop.store.schema import bandit_arms, events, impressions, retrain_log, slates
+from recloop.store.schema import (
+    bandit_arms,
+    bandit_history,
+    events,
+    impressions,
+    retrain_log,
+    slates,
+    tombstones,
+)
 
 log = logging.getLogger("recloop.store.slates")
 _CHUNK = 500
@@ -120,6 +128,7 @@ class SlateLog:
         unique = list({s.slate_id: s for s in batch}.values())
         slate_rows = [_slate_row(s) for s in unique]
         with self.store.transaction() as conn:
+            self.store.guard_against_erasure(conn)
             ids = {s["slate_id"] for s in slate_rows}
             known = set()
             for chunk in _chunks(sorted(ids)):
@@ -128,6 +137,16 @@ class SlateLog:
                         sa.select(slates.c.slate_id).where(slates.c.slate_id.in_(chunk))
                     ).scalars()
                 )
+            # a slate queued before its user was erased must not bring them back
+            users_in = sorted({row["user_id"] for row in slate_rows})
+            erased: set[str] = set()
+            for chunk in _chunks(users_in):
+                erased.update(
+                    conn.execute(
+                        sa.select(tombstones.c.user_id).where(tombstones.c.user_id.in_(chunk))
+                    ).scalars()
+                )
+            known |= {row["slate_id"] for row in slate_rows if row["user_id"] in erased}
             fresh = [row for row in slate_rows if row["slate_id"] not in known]
             if not fresh:
                 return 0
@@ -288,6 +307,30 @@ class SlateLog:
                 out[name] = {str(r[0]): (int(r[1]), int(r[2] or 0)) for r in conn.execute(query)}
         return out
 
+    def item_impressions(self, since: float) -> dict[str, int]:
+        """How often each item was shown in slates created since ``since``."""
+        query = (
+            sa.select(impressions.c.item_id, sa.func.count())
+            .select_from(impressions.join(slates, impressions.c.slate_id == slates.c.slate_id))
+            .where(slates.c.created_at >= since)
+            .group_by(impressions.c.item_id)
+        )
+        with self.store.transaction(write=False) as conn:
+            return {item: int(n) for item, n in conn.execute(query)}
+
+    def segment_counts(
+        self, since: float, until: float, attribution_s: float
+    ) -> dict[str, tuple[int, int]]:
+        """``segment -> (slates, rewarded slates)`` over the window, by the database."""
+        hit = sa.case((self._slate_hit(attribution_s), 1), else_=0)
+        query = (
+            sa.select(slates.c.segment, sa.func.count(), sa.func.sum(hit))
+            .where(slates.c.created_at >= since, slates.c.created_at <= until)
+            .group_by(slates.c.segment)
+        )
+        with self.store.transaction(write=False) as conn:
+            return {r[0]: (int(r[1]), int(r[2] or 0)) for r in conn.execute(query)}
+
     def delete_user(self, user_id: str) -> int:
         """Remove every slate (and its impressions) shown to ``user_id``; how many."""
         with self.store.transaction() as conn:
@@ -319,6 +362,23 @@ class SlateLog:
             conn.execute(sa.delete(bandit_arms))
             if rows:
                 conn.execute(sa.insert(bandit_arms), rows)
+
+    def add_policy_snapshot(self, at: float, policy: dict[str, dict[str, float]]) -> None:
+        """Record each segment's arm probabilities at ``at`` (for plotting them over time)."""
+        rows = [
+            {"at": at, "segment": segment, "probabilities": json.dumps(probs)}
+            for segment, probs in policy.items()
+        ]
+        if rows:
+            with self.store.transaction() as conn:
+                conn.execute(sa.insert(bandit_history), rows)
+
+    def policy_history(self, limit: int = 500) -> list[tuple[float, str, dict[str, float]]]:
+        """The latest snapshots, oldest first: ``(at, segment, {arm: probability})``."""
+        query = sa.select(bandit_history).order_by(bandit_history.c.seq.desc()).limit(limit)
+        with self.store.transaction(write=False) as conn:
+            rows = conn.execute(query).all()
+        return [(r.at, r.segment, json.loads(r.probabilities)) for r in reversed(rows)]
 
     # ------------------------------------------------------------------ retraining
     def start_retrain(self, trigger: str, n_events: int) -> int:
@@ -411,6 +471,14 @@ class SlateWriter:
             self.start()
         if full:
             self._wake.set()
+
+    def drop_user(self, user_id: str) -> int:
+        """Discard the queued slates of ``user_id`` (erasure); how many."""
+        with self._lock:
+            kept = [s for s in self._buffer if s.user_id != user_id]
+            dropped = len(self._buffer) - len(kept)
+            self._buffer = kept
+        return dropped
 
     def start(self) -> None:
         with self._lock:

@@ -1,0 +1,147 @@
+"""Erasure and consent in the running service: what the store cannot reach by itself.
+
+:func:`erase` deletes the user's stored data and writes their tombstone (one transaction, see
+:mod:`recloop.store.privacy`), then reaches what the store does not hold:
+
+- **caches**: every entry whose key carries the user's scope (:func:`user_scope`) is deleted
+  in Redis across all generations or in this process; the cache is then invalidated, so every
+  other worker drops its in-process entries at its next read;
+- **this worker's queued slates** of the user are discarded, and every worker's slate writer
+  refuses slates of tombstoned users;
+- **models**: a model that holds per-user state (e.g. BPR's user factors) may not use it from
+  the next request on (:class:`ErasedUsers`, refreshed by every worker at least every
+  ``refresh_s``); aggregate models (EASE, item embeddings) are rebuilt without the user by the
+  loop's retrainer before ``erased_at + erasure_rebuild_s``, which the answer states.
+
+The audit log records the request and its completion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any
+
+from recloop.service.schemas import ErasureOut
+from recloop.store.cache import user_scope
+from recloop.store.privacy import Consent, PrivacyLog
+
+
+def _digest(user_id: str) -> str:
+    return hashlib.sha256(user_id.encode()).hexdigest()
+
+
+class ErasedUsers:
+    """Which users were erased, as SHA-256 digests, refreshed from the tombstones."""
+
+    def __init__(self, log: PrivacyLog, *, refresh_s: float = 0.5) -> None:
+        self.log = log
+        self.refresh_s = refresh_s
+        self._digests: set[str] = set()
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        digests = {_digest(user) for user in self.log.erased()}
+        with self._lock:
+            self._digests = digests
+            self._next = time.monotonic() + self.refresh_s
+
+    def add(self, user_id: str) -> None:
+        with self._lock:
+            self._digests.add(_digest(user_id))
+
+    def __contains__(self, user_id: object) -> bool:
+        if not isinstance(user_id, str):
+            return False
+        if time.monotonic() >= self._next:
+            self.refresh()
+        return _digest(user_id) in self._digests
+
+
+def erase(state: Any, user_id: str, actor: str) -> ErasureOut:
+    """Erase ``user_id`` everywhere this worker can reach (see the module docstring)."""
+    privacy: PrivacyLog = state.privacy
+    from recloop.generative.review import ReviewQueue
+
+    stored = privacy.erase_user(user_id, actor)
+    state.erased.add(user_id)
+    ReviewQueue(state.store).forget_user(user_id)  # generated pieces' audiences
+    dropped = state.slates.drop_user(user_id)
+    purged = state.cache.purge(user_scope(user_id))
+    state.cache.invalidate()
+    holding = [
+        version.version
+        for version in state.registry.versions()
+        if user_id in _version_users(state, version.version)
+    ]
+    # without the loop updater nothing retrains: say so rather than promise a time
+    updating = state.settings.loop_update_s > 0
+    rebuild_by = stored.erased_at + state.settings.erasure_rebuild_s if updating else None
+    completed = time.time()
+    report = ErasureOut(
+        user_id=user_id,
+        erased_at=stored.erased_at,
+        completed_at=completed,
+        events=stored.events,
+        slates=stored.slates,
+        impressions=stored.impressions,
+        profile=stored.profile,
+        consent=stored.consent,
+        cache_entries_purged=purged,
+        queued_slates_dropped=dropped,
+        model_rebuild_by=rebuild_by,
+        models_holding_user=holding,
+    )
+    privacy.record(
+        actor,
+        "erasure-complete",
+        user_id,
+        {
+            "seconds": round(completed - stored.erased_at, 4),
+            "cache_entries_purged": purged,
+            "model_rebuild_by": rebuild_by,
+            "models_holding_user": holding,
+        },
+    )
+    return report
+
+
+def _version_users(state: Any, version: str) -> set[str]:
+    """The user ids a registered version was trained with (its ``ids.json``)."""
+    current = state.models.current()
+    if current is not None and current.version == version:
+        return set(current.users.ids())
+    return set(state.registry.user_ids(version))
+
+
+class ConsentReader:
+    """Per-request consent lookups, cached under the user's scope (purged on erasure)."""
+
+    def __init__(self, log: PrivacyLog, cache: Any, *, ttl_s: float = 60.0) -> None:
+        self.log = log
+        self.cache = cache
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def key(user_id: str) -> str:
+        return f"consent{user_scope(user_id)}"
+
+    def get(self, user_id: str) -> Consent:
+        raw = self.cache.get(self.key(user_id))
+        if raw is not None:
+            p, t, g = raw.decode()
+            return Consent(p == "1", t == "1", g == "1")
+        token = self.cache.token()
+        value = self.log.consent(user_id)
+        flags = "".join(
+            "1" if f else "0" for f in (value.personalisation, value.training, value.generative)
+        )
+        self.cache.set(self.key(user_id), flags.encode(), ttl=self.ttl_s, token=token)
+        return value
+
+    def set(self, user_id: str, value: Consent, actor: str) -> None:
+        self.log.set_consent(user_id, value, actor)
+        self.cache.delete(self.key(user_id))
+        self.cache.invalidate()  # other workers' in-process copies too
