@@ -230,7 +230,13 @@ def quickstart(
     reference = "EASE" if "EASE" in models else None
     with console.status("writing the report"):
         json_path, html_path = write_report(
-            out, report_runs, dataset=dataset_name, splits=split, reference=reference
+            out,
+            report_runs,
+            dataset=dataset_name,
+            splits=split,
+            reference=reference,
+            users=dataset.users,
+            catalog=dataset.catalog,
         )
         write_records(out / "records.json", records)
     console.print(
@@ -386,7 +392,14 @@ def evaluate_run(run: Any, config: Path | None) -> tuple[list[tuple[Any, Any]], 
         )
     splits = [split for split, _ in runs]
     report_runs = [ReportRun.from_model_run(r, split.seed) for split, r in runs]
-    json_path, html_path = write_report(run.run.out, report_runs, dataset=name, splits=splits)
+    json_path, html_path = write_report(
+        run.run.out,
+        report_runs,
+        dataset=name,
+        splits=splits,
+        users=dataset.users,
+        catalog=dataset.catalog,
+    )
     write_records(run.run.out / "records.json", records)
     console.print(f"report: {html_path}\nresults: {json_path}")
     return runs, records

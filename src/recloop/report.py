@@ -22,11 +22,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recloop.data.split import Split
+from recloop.data.types import Catalog, Users
 from recloop.errors import ConfigError
 from recloop.eval.beyond import BEYOND_METRICS, exposure_counts
 from recloop.eval.bootstrap import paired_bootstrap
 from recloop.eval.evaluate import EvalResult
+from recloop.eval.fairness import (
+    BANDS,
+    GapDraws,
+    exposure_audit,
+    gap_draws,
+    summarise_gaps,
+    table_draws,
+)
 from recloop.eval.metrics import METRICS, metric_name
+from recloop.eval.segments import user_segments
 
 if TYPE_CHECKING:
     from recloop.experiment import ModelRun
@@ -321,6 +331,88 @@ def _segments(by_model: Mapping[str, list[ReportRun]], metric: str) -> dict[str,
     return {"metric": metric, "segments": out}
 
 
+def _nan_if_none(value: Any) -> float:
+    number = _finite(value)
+    return math.nan if number is None else number
+
+
+def _mean_rows(tables: list[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Field-wise means over seeds of ``{name: {field: number}}`` tables (names on all seeds)."""
+    if not tables:
+        return {}
+    names = [name for name in tables[0] if all(name in table for table in tables)]
+    return {
+        name: {
+            key: float(np.mean([_nan_if_none(table[name][key]) for table in tables]))
+            for key in tables[0][name]
+        }
+        for name in names
+    }
+
+
+def _fairness(
+    by_model: Mapping[str, list[ReportRun]],
+    splits: Mapping[int, Split],
+    k: int,
+    *,
+    users: Users | None,
+    catalog: Catalog | None,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Per model: segment gaps of NDCG@k with intervals, exposure by band and genre, Gini.
+
+    Gender and age gaps need ``users`` (for per-user labels); without them they come from the
+    runs' segment tables, means only. Seeds are pooled as elsewhere in the report; a segment
+    missing on some seed is left out.
+    """
+    metric = metric_name("ndcg", k)
+    models: dict[str, Any] = {}
+    rule = ""
+    for model, runs in by_model.items():
+        draws: dict[str, list[GapDraws]] = {}
+        exposures = []
+        for run in runs:
+            split = splits[run.seed]
+            if metric in run.test.per_user:
+                labels = user_segments(run.test.users, users=users, train=split.train)
+                for segment, values in labels.items():
+                    draws.setdefault(segment, []).append(
+                        gap_draws(
+                            run.test.per_user[metric],
+                            values,
+                            segment=segment,
+                            metric=metric,
+                            n_resamples=n_resamples,
+                            seed=seed + run.seed,
+                        )
+                    )
+            if run.test.recommendations.shape[1] >= k:
+                audit = exposure_audit(run.test.recommendations, split.train, k=k, catalog=catalog)
+                exposures.append(audit)
+                rule = audit.band_rule
+        tables: dict[str, list[GapDraws]] = {}  # segments the runs have but no labels here
+        for run in runs:
+            overall = run.test.metrics.get(metric, math.nan)
+            for name, found in table_draws(run.test.segments, metric, overall).items():
+                if name not in draws:
+                    tables.setdefault(name, []).append(found)
+        segments = {
+            name: summarise_gaps(d, confidence).to_dict()
+            for name, d in {**draws, **tables}.items()
+            if len(d) == len(runs)
+        }
+        models[model] = {
+            "segments": segments,
+            "gini": float(np.mean([a.gini for a in exposures])) if exposures else None,
+            "coverage": float(np.mean([a.coverage for a in exposures])) if exposures else None,
+            "bands": _mean_rows([a.bands for a in exposures]),
+            "genres": _mean_rows([a.genres for a in exposures]),
+        }
+    return {"metric": metric, "k": k, "band_rule": rule, "models": models}
+
+
 def _comparisons(
     by_model: Mapping[str, list[ReportRun]],
     reference: str,
@@ -471,12 +563,15 @@ def report_payload(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     bootstrap_seed: int = 0,
+    users: Users | None = None,
+    catalog: Catalog | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, as a JSON-ready dict (NaN as ``None``).
 
     ``splits`` holds the split of every seed in ``runs`` (one protocol). ``metric`` (default
     NDCG at 10, or at the smallest cut-off when 10 is not one) orders the leaderboard and is
     compared against ``reference``, or against the best model when no reference is named.
+    ``users`` (gender, age) and ``catalog`` (genres) feed the fairness and exposure audit.
     """
     if not runs:
         raise ConfigError("a report needs at least one run")
@@ -558,6 +653,16 @@ def report_payload(
         "comparisons": comparisons,
         "popularity_bias": _popularity_bias(ordered, used, k),
         "segments": _segments(ordered, metric),
+        "fairness": _fairness(
+            ordered,
+            used,
+            k,
+            users=users,
+            catalog=catalog,
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=bootstrap_seed,
+        ),
     }
     return dict(_json_ready(payload))
 
@@ -742,6 +847,74 @@ def _comparison_html(payload: Mapping[str, Any]) -> str:
     return intro + _table(headers, rows, "numbers")
 
 
+def _fairness_html(payload: Mapping[str, Any]) -> str:
+    """Segment gaps, exposure by popularity band and by genre (tables; no plots)."""
+    fairness = payload.get("fairness")
+    if not fairness or not fairness.get("models"):
+        return "<p>No fairness audit in this report.</p>"
+    models = fairness["models"]
+    metric, k = fairness["metric"], fairness["k"]
+    gap_rows = []
+    for model, entry in models.items():
+        for segment, gap in entry["segments"].items():
+            values = gap.get("values") or {}
+            best, worst = gap.get("best"), gap.get("worst")
+            gap_rows.append(
+                [
+                    model,
+                    segment,
+                    f"{best} ({_num((values.get(best) or {}).get('mean'))})" if best else "–",
+                    f"{worst} ({_num((values.get(worst) or {}).get('mean'))})" if worst else "–",
+                    _num(gap.get("gap")),
+                    _interval(gap.get("gap_ci")),
+                    _num((values.get(worst) or {}).get("vs_overall")) if worst else "–",
+                ]
+            )
+    headers = ["model", "segment", "best (mean)", "worst (mean)", "gap", "95% CI"]
+    headers.append("worst − overall")
+    gaps = _table(headers, gap_rows, "numbers") if gap_rows else "<p>No per-user metric.</p>"
+    first = next(iter(models.values()))
+    band_rows: list[list[object]] = []
+    for label, key in (("catalogue", "catalog_share"), ("train interactions", "interaction_share")):
+        shares = [(first["bands"].get(b) or {}).get(key) for b in BANDS]
+        band_rows.append([label, "–", "–", *(_num(v, 3) for v in shares)])
+    for model, entry in models.items():
+        shares = [(entry["bands"].get(b) or {}).get("exposure_share") for b in BANDS]
+        band_rows.append(
+            [model, _num(entry.get("gini"), 3), _num(entry.get("coverage"), 3),
+             *(_num(v, 3) for v in shares)]
+        )  # fmt: skip
+    bands = _table(
+        ["share of", f"gini@{k}", f"coverage@{k}", *(f"{b} share" for b in BANDS)],
+        band_rows,
+        "numbers",
+    )
+    genre_names = list(first["genres"])
+    genres = ""
+    if genre_names:
+        genre_rows = [
+            [
+                name,
+                _num(first["genres"][name].get("catalog_share"), 3),
+                _num(first["genres"][name].get("interaction_share"), 3),
+                *(_num((e["genres"].get(name) or {}).get("exposure_share"), 3)
+                  for e in models.values()),
+            ]
+            for name in genre_names
+        ]  # fmt: skip
+        genres = "<h3>Exposure by genre</h3>\n" + _table(
+            ["genre", "catalogue", "train", *models], genre_rows, "numbers"
+        )
+    return (
+        f"<p>Gaps in {_h(metric)} between user segments (best − worst value, with a "
+        "bootstrap interval over users) and where the impressions of the top-"
+        f"{_h(k)} lists go. Bands: {_h(fairness.get('band_rule', ''))}. Genres count "
+        "fractionally (an item with g genres gives 1/g to each).</p>\n"
+        f"<h3>Segment gaps in {_h(metric)}</h3>\n{gaps}\n"
+        f"<h3>Exposure by popularity band at K={_h(k)}</h3>\n{bands}\n{genres}"
+    )
+
+
 def _figure_html(title: str, png: bytes | None, caption: str, missing: str) -> str:
     if png is None:
         return f'<h3>{_h(title)}</h3>\n<p class="note">{_h(missing)}</p>'
@@ -847,6 +1020,8 @@ ended.</p>
 {_per_seed_html(payload)}
 <h2>Paired comparison on {_h(metric)}</h2>
 {_comparison_html(payload)}
+<h2>Fairness and exposure</h2>
+{_fairness_html(payload)}
 <h2>Plots</h2>
 {"".join(sections)}
 </body>
@@ -866,6 +1041,8 @@ def write_report(
     n_resamples: int = 1000,
     bootstrap_seed: int = 0,
     plots: Mapping[str, PlotFunction] | None = None,
+    users: Users | None = None,
+    catalog: Catalog | None = None,
 ) -> tuple[Path, Path]:
     """Write ``results.json`` and ``report.html`` into ``out_dir``; returns both paths.
 
@@ -880,6 +1057,8 @@ def write_report(
         metric=metric,
         n_resamples=n_resamples,
         bootstrap_seed=bootstrap_seed,
+        users=users,
+        catalog=catalog,
     )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

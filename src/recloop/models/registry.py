@@ -7,11 +7,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from recloop.errors import ConfigError
+from recloop.models.attribute_ease import AttributeEASE
 from recloop.models.base import ScoringRecommender
 from recloop.models.bpr import BPR
 from recloop.models.content_knn import ContentKNN
 from recloop.models.diffrec import DiffRec
+from recloop.models.dp import DPMultDAE
 from recloop.models.ease import EASE
+from recloop.models.ips_bpr import IPSBPR
 from recloop.models.itemknn import ItemKNN
 from recloop.models.multvae import MultDAE, MultVAE
 from recloop.models.popular import Popular
@@ -29,11 +32,14 @@ MODELS: dict[str, type[Model]] = {
     "BPR": BPR,
     "MultVAE": MultVAE,
     "MultDAE": MultDAE,
+    "DPMultDAE": DPMultDAE,
     "DiffRec": DiffRec,
     "SASRec": SASRec,
     "ContentKNN": ContentKNN,
     "SIDSASRec": SIDSASRec,
     "TIGER": TIGER,
+    "AttributeEASE": AttributeEASE,
+    "IPSBPR": IPSBPR,
 }
 
 

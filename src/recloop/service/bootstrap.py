@@ -191,8 +191,8 @@ def train_version(
 
 def _privacy_summary(model: Any) -> dict[str, Any]:
     """What the card says about privacy: the model's own DP record when it has one."""
-    record = getattr(model, "privacy_record", None)
-    dp = record() if callable(record) else None
+    report: Any = getattr(model, "privacy_", None)  # DPMultDAE's PrivacyReport
+    dp = report.model_dump(mode="json") if report is not None else None
     return {
         "differential_privacy": dp,
         "consent": "users without training consent are left out of the training data",
