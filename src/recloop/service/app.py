@@ -131,6 +131,9 @@ def create_app(
     _add_routes(app)
     for router in _extra_routers():
         app.include_router(router)
+    from recloop.console import mount as mount_console
+
+    mount_console(app)
     _finish_openapi(app)
     app.router.add_event_handler("startup", partial(warm_up, state))
     app.router.add_event_handler("shutdown", state.close)
