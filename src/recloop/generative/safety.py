@@ -28,6 +28,8 @@ _INSTRUCTION_LIKE = re.compile(
     r"\s+(instructions?|prompts?|rules?|messages?)"
     r"|you\s+are\s+now\b|new\s+instructions?\s*:|system\s+prompt"
     r"|<\|?/?(system|assistant|user|im_start|im_end)\|?>"
+    r"|<\|[a-z0-9_]{2,40}\|>"  # other chat templates' control tokens: <|eot_id|>, ...
+    r"|\[/?INST\]|</?s>|<(start|end)_of_turn>"
     r"|^\s*(system|assistant|user)\s*:",
     re.IGNORECASE | re.MULTILINE,
 )
