@@ -1,7 +1,215 @@
-"""Routes of the generative module: explain (filled in by the generative issue)."""
+"""``GET /v1/explanations/{slate_id}/{position}``: why an item of a slate was recommended.
+
+The handle a recommended item carries is ``"{slate_id}/{position}"``. The answer is built
+from the slate as logged (its user, item, source and score), the user's history up to the
+slate's time, the catalogue in the store and the active model: evidence first, then text
+from the evidence only (see :mod:`recloop.generative.explain`).
+
+Generation settings come from the environment: the backend from ``RECLOOP_LLM_*``
+(:mod:`recloop.generative.backends`; the template when unset), the policy, budget and cache
+lifetime from ``RECLOOP_EXPLAIN_*`` (:class:`~recloop.generative.budget.ExplainSettings`).
+A user's history goes to a hosted backend only with their generative consent: the
+``generative`` flag of ``PUT /v1/users/{id}/consent``, or ``{"consent": {"generative": true}}``
+in their preferences; without it they get the template.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+import threading
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Path, Request
+from pydantic import BaseModel, Field
+
+from recloop.generative.budget import ExplainSettings, ExplanationCache
+from recloop.generative.evidence import (
+    ItemFacts,
+    build_evidence,
+    model_attribution,
+    model_semantic_ids,
+)
+from recloop.generative.explain import Explainer
+from recloop.generative.faithfulness import FaithfulnessChecker
+from recloop.service.deps import AUTH_RESPONSES, Client, PathId, service_state
+from recloop.service.generation import generative_consent, text_generator
+from recloop.service.schemas import MAX_RECOMMENDATIONS
+from recloop.service.state import ServiceState
+from recloop.store.cache import user_scope
+from recloop.store.schema import items as items_table
+from recloop.store.slates import SlateLog
 
 router = APIRouter()
+EXPLAIN = "generative.explain"
+"""``state.extensions`` key of the explanation components (settings, cache, checker)."""
+_BUILD = threading.Lock()
+_MAX_HISTORY = 200
+
+
+class ExplanationOut(BaseModel):
+    """An explanation of one recommended item, with the evidence it was made from."""
+
+    handle: str = Field(description="The item's explanation handle: '{slate_id}/{position}'.")
+    item_id: str
+    text: str
+    evidence: dict[str, Any] = Field(
+        description="Drivers from the user's history, shared genres/year/attributes, shared "
+        "Semantic-ID prefix, the source and its score; allowed_names lists what the text may say."
+    )
+    backend: str = Field(description="What wrote the text: 'template' or the LLM backend.")
+    faithful: bool = Field(description="Every name in the text is in the evidence.")
+    fallback_used: bool = Field(description="The template replaced the model's text.")
+    fallback_reason: str | None = Field(
+        default=None, description="Why: policy, consent, unfaithful, budget or error."
+    )
+    generated: bool = Field(default=True, description="Always true: the text is generated.")
+    cached: bool = Field(description="Served from the explanation cache.")
+
+
+@dataclass
+class _Components:
+    settings: ExplainSettings
+    cache: ExplanationCache
+    checker: FaithfulnessChecker | None = None
+    vocabulary_token: int | None = None  # the cache token the checker's vocabulary was read at
+
+
+@router.get(
+    "/v1/explanations/{slate_id}/{position}",
+    response_model=ExplanationOut,
+    responses={
+        **AUTH_RESPONSES,
+        404: {"description": "Unknown slate (not written yet?) or position"},
+        503: {"description": "No model version is active"},
+    },
+    tags=["explanations"],
+)
+def explanation(
+    slate_id: PathId,
+    position: Annotated[int, Path(ge=0, lt=MAX_RECOMMENDATIONS)],
+    request: Request,
+    _: Client,
+) -> ExplanationOut:
+    """Why the item at ``position`` of slate ``slate_id`` was recommended.
+
+    Slates are logged by a background writer within about a second of the answer: a 404 for
+    a slate just received means "not found yet", and a retry shortly after succeeds.
+    """
+    state = service_state(request)
+    slate = SlateLog(state.store).slate(slate_id)
+    if slate is None:
+        raise HTTPException(
+            404,
+            f"slate {slate_id!r} not found (yet): slates are logged within about a second of "
+            "the recommendation; retry shortly",
+        )
+    shown = next((imp for imp in slate.items if imp.position == position), None)
+    if shown is None:
+        raise HTTPException(
+            404, f"slate {slate_id!r} has no position {position} (it has {len(slate.items)} items)"
+        )
+    model = state.models.current()
+    if model is None:
+        raise HTTPException(503, "no model version is active; train and activate one")
+    events = state.store.history(slate.user_id, until=slate.created_at)
+    history = [item for item, _, kind in events if not kind.is_negative]
+    recent = list(dict.fromkeys(reversed(history)))[:_MAX_HISTORY]
+    facts = _item_facts(state, [shown.item_id, *recent])
+    if shown.item_id not in facts:
+        raise HTTPException(404, f"item {shown.item_id!r} is no longer in the catalogue")
+    # the model's attribution explains the model's items; items another source chose
+    # (content, popular) get the history items most similar to them
+    from_model = shown.source == getattr(model.model, "name", type(model.model).__name__)
+    evidence = build_evidence(
+        shown.item_id,
+        history,
+        facts,
+        attribution=model_attribution(model.model, model.items) if from_model else None,
+        source=shown.source,
+        score=shown.score,
+        semantic_ids=model_semantic_ids(model.model, model.items),
+        max_history=_MAX_HISTORY,
+    )
+    parts = _components(state)
+    decision = parts.settings.policy.decide(n_events=len(events), segment=slate.segment)
+    explainer = Explainer(
+        text_generator(state),
+        _checker(state, parts),
+        cache=parts.cache,
+        scope=user_scope(slate.user_id),
+    )
+    result = explainer.explain(
+        evidence,
+        use_llm=decision.use_llm,
+        consent=generative_consent(state, slate.user_id),
+        budget=parts.settings.budget(),
+    )
+    return ExplanationOut(
+        handle=f"{slate_id}/{position}",
+        item_id=shown.item_id,
+        text=result.text,
+        evidence=evidence.to_dict(),
+        backend=result.backend,
+        faithful=result.faithful,
+        fallback_used=result.fallback_used,
+        fallback_reason=result.reason,
+        generated=True,
+        cached=result.cached,
+    )
+
+
+def _components(state: ServiceState) -> _Components:
+    found = state.extensions.get(EXPLAIN)
+    if found is None:
+        with _BUILD:
+            found = state.extensions.get(EXPLAIN)
+            if found is None:
+                settings = ExplainSettings.from_env()
+                cache = ExplanationCache(state.cache, ttl_s=settings.cache_ttl_s)
+                found = _Components(settings, cache)
+                state.extensions[EXPLAIN] = found
+    parts: _Components = found
+    return parts
+
+
+def _checker(state: ServiceState, parts: _Components) -> FaithfulnessChecker:
+    """The checker over the whole catalogue, rebuilt after any cache invalidation (item
+    edits and model activations invalidate the cache in every worker)."""
+    token = state.cache.token()
+    if parts.checker is not None and (token == parts.vocabulary_token or token < 0):
+        return parts.checker  # token < 0: the cache is unreachable, keep what we have
+    with state.store.transaction(write=False) as conn:
+        rows = conn.execute(
+            sa.select(items_table.c.item_id, items_table.c.title, items_table.c.attributes)
+        ).all()
+    parts.checker = FaithfulnessChecker.from_items(
+        ItemFacts.from_attributes(row.item_id, row.title, _attributes(row.attributes))
+        for row in rows
+    )
+    parts.vocabulary_token = token
+    return parts.checker
+
+
+def _item_facts(state: ServiceState, item_ids: list[str]) -> dict[str, ItemFacts]:
+    """Facts of the given items in one query."""
+    ids = list(dict.fromkeys(item_ids))
+    with state.store.transaction(write=False) as conn:
+        rows = conn.execute(
+            sa.select(items_table.c.item_id, items_table.c.title, items_table.c.attributes).where(
+                items_table.c.item_id.in_(ids)
+            )
+        ).all()
+    return {
+        row.item_id: ItemFacts.from_attributes(row.item_id, row.title, _attributes(row.attributes))
+        for row in rows
+    }
+
+
+def _attributes(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
