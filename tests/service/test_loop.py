@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +261,47 @@ def test_exposure_audit_of_the_logged_slates(
     assert sum(b["catalogue_share"] for b in bands.values()) == pytest.approx(1.0)
     assert set(audit["by_genre"]) == {"A", "B"}
     assert sum(s["slates"] for s in audit["by_segment"].values()) == 30
+
+
+def test_llm_rerank_is_switchable_per_request_and_never_silent(
+    service: tuple[TestClient, dict[str, str], ServiceState],
+) -> None:
+    """``rerank=llm`` re-orders with the generator's log-probabilities, or says why not."""
+    from recloop.generative.llm import Generation, GenerationRequest, Message
+    from recloop.service.generation import GENERATOR
+
+    client, keys, state = service
+    params = {"n": 5, "rerank": "llm"}
+    answer = client.get(
+        "/v1/users/u0/recommendations", params=params, headers=bearer(keys["client"])
+    )
+    # the default template generator cannot score: the blended order, and the reason
+    assert answer.headers["X-Recloop-Rerank"].startswith("fallback:")
+    assert len(answer.json()["items"]) == 5
+
+    class Scorer:
+        """Prefers higher item numbers: a re-ordering the blend would never produce."""
+
+        name, hosted = "fake-scorer", False
+
+        def generate(self, request: GenerationRequest) -> Generation:
+            return Generation(text="", backend=self.name, model=self.name)
+
+        def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
+            # after the user's history (which names items) the score grows with the title
+            personal = any("Item" in m.content for m in messages)
+            return [float(sum(map(ord, c))) * (2.0 if personal else 1.0) for c in continuations]
+
+    state.extensions[GENERATOR] = Scorer()
+    state.extensions.pop("generative.rerank", None)
+    answer = client.get(
+        "/v1/users/u0/recommendations", params=params, headers=bearer(keys["client"])
+    )
+    assert answer.headers["X-Recloop-Rerank"] == "llm"
+    items = answer.json()["items"]
+    assert len(items) == 5 and all(it["source"] for it in items)
+    plain = client.get(
+        "/v1/users/u0/recommendations", params={"n": 5}, headers=bearer(keys["client"])
+    )
+    assert plain.headers["X-Recloop-Rerank"] == "none"
+    assert [it["item_id"] for it in items] != [it["item_id"] for it in plain.json()["items"]]

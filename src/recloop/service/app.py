@@ -73,6 +73,7 @@ from recloop.service.schemas import (
 )
 from recloop.service.settings import ServiceSettings
 from recloop.service.state import ServiceState, warm_up
+from recloop.service.visibility import blocked_items
 from recloop.store.artifacts import ArtifactError
 from recloop.store.cache import user_scope
 from recloop.store.events import ItemRecord, StoreError
@@ -80,7 +81,6 @@ from recloop.store.privacy import Consent
 from recloop.store.slates import Impression, SlateRecord
 
 log = logging.getLogger("recloop.service")
-ITEM_WINDOWS = "item-windows"  # cache key of the restricted items' visibility
 
 
 def _item_out(record: ItemRecord) -> ItemOut:
@@ -295,6 +295,14 @@ def _add_routes(app: FastAPI) -> None:
         _: Client,
         n: Annotated[int, Query(ge=1, le=MAX_RECOMMENDATIONS)] = 10,
         context: Annotated[str | None, Query(max_length=128)] = None,
+        rerank: Annotated[
+            Literal["none", "llm"],
+            Query(
+                description="'llm': a language model re-orders the blended top "
+                f"{LLM_RERANK_TOP_N}; the X-Recloop-Rerank header says whether it ran ('llm') "
+                "or why not ('fallback: ...')"
+            ),
+        ] = "none",
     ) -> Response:
         """The user's next ``n`` items, each labelled with its source.
 
@@ -313,21 +321,26 @@ def _add_routes(app: FastAPI) -> None:
             return _unpersonalised(state, model, user_id, n)
         events = state.store.history(user_id)
         history = [item for item, _, kind in events if not kind.is_negative]
-        excluded = {item for item, _, _ in events} | _blocked(state, time.time())
+        excluded = {item for item, _, _ in events} | blocked_items(state, time.time())
         preferences = state.store.get_preferences(user_id) if history else {}
         loop = state.loop if state.settings.loop else None
         wanted = max(n, loop.config.candidates_per_source) if loop is not None else n
         candidates = _candidates(state, model, user_id, events, history, wanted, excluded, token)
         slate_id = uuid.uuid4().hex
+        shown = max(n, LLM_RERANK_TOP_N) if rerank == "llm" else n
         if loop is not None:
-            answer = loop.answer(user_id, candidates, history, n, excluded, preferences)
+            answer = loop.answer(user_id, candidates, history, shown, excluded, preferences)
             final, segment, choice = answer.items, answer.segment, answer.choice
         else:
             final, segment, choice = (
-                candidates[:n],
+                candidates[:shown],
                 segment_of(len(history), state.loop.config),
                 None,
             )
+        rerank_status = "none"
+        if rerank == "llm":
+            final, rerank_status = _llm_rerank(state, user_id, history, final)
+        final = final[:n]
         state.slates.add(_slate_record(slate_id, user_id, model.version, segment, final, choice))
         slate = Slate(
             slate_id=slate_id,
@@ -335,7 +348,11 @@ def _add_routes(app: FastAPI) -> None:
             model_version=model.version,
             items=_labelled(slate_id, final),
         )
-        return Response(slate.model_dump_json(), media_type="application/json")
+        return Response(
+            slate.model_dump_json(),
+            media_type="application/json",
+            headers={"X-Recloop-Rerank": rerank_status},
+        )
 
     @app.get(
         "/v1/items/{item_id}/similar",
@@ -352,7 +369,7 @@ def _add_routes(app: FastAPI) -> None:
         """Items the active model ranks highest after ``item_id`` (hidden ones never)."""
         state = service_state(request)
         model = _model(state)
-        found = model.similar(item_id, n, _blocked(state, time.time()))
+        found = model.similar(item_id, n, blocked_items(state, time.time()))
         if found is None:
             raise HTTPException(404, f"unknown item {item_id!r} for model {model.version}")
         slate_id = uuid.uuid4().hex
@@ -627,7 +644,7 @@ def _unpersonalised(state: ServiceState, model: Any, user_id: str, n: int) -> Re
     """The model's popularity answer, as for a user it knows nothing about: for users who
     turned personalisation off, or were erased. Labelled ``personalised: false``; logged
     without the bandit."""
-    excluded = _blocked(state, time.time())
+    excluded = blocked_items(state, time.time())
     final = list(model.recommend("", [], n, excluded))  # "" is never a known user
     slate_id = uuid.uuid4().hex
     if user_id not in state.erased:
@@ -724,27 +741,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _blocked(state: ServiceState, now: float) -> set[str]:
-    """Items that may not be shown at ``now``: hidden, or outside their availability window.
-
-    The restricted items' windows are cached (every item change invalidates the cache in every
-    worker) and the decision is made here at each request, so a window that opens or closes
-    takes effect at once.
-    """
-    raw = state.cache.get(ITEM_WINDOWS)
-    if raw is None:
-        token = state.cache.token()  # an item change while we read must not be undone
-        windows = state.store.item_windows()
-        state.cache.set(ITEM_WINDOWS, json.dumps(windows).encode(), token=token)
-    else:
-        windows = json.loads(raw)
-    return {
-        item
-        for item, hidden, start, end in windows
-        if hidden or (start is not None and now < start) or (end is not None and now > end)
-    }
-
-
 def _candidates(
     state: ServiceState,
     model: Any,
@@ -780,6 +776,41 @@ def _candidates(
     rows = json.dumps([[c.item_id, c.score, c.source] for c in found]).encode()
     state.cache.set(key, rows, token=token)
     return list(found[:n])
+
+
+LLM_RERANK_TOP_N = 20  # items the LLM re-orders when a request asks (rerank=llm)
+
+
+def _llm_rerank(
+    state: ServiceState, user_id: str, history: list[str], candidates: list[Candidate]
+) -> tuple[list[Candidate], str]:
+    """The candidates re-ordered by the LLM ("llm"), or unchanged with the reason it could
+    not run ("fallback: ..."): never silently. Each keeps its source label."""
+    from recloop.generative.llm import GenerationError
+    from recloop.generative.rerank import RERANKER, LLMReranker, display_title, rerank_items
+    from recloop.service.generation import generative_consent, text_generator
+
+    reranker = state.extensions.get(RERANKER)
+    if reranker is None:
+        reranker = LLMReranker(text_generator(state), top_n=LLM_RERANK_TOP_N)
+        state.extensions[RERANKER] = reranker
+    recent = history[-reranker.history_len :]
+    if not recent:
+        return candidates, "fallback: no history to re-rank from"
+    titles = {}
+    for item_id in {*recent, *(c.item_id for c in candidates[: reranker.top_n])}:
+        record = state.store.get_item(item_id)
+        year = record.attributes.get("year") if record is not None else None
+        titles[item_id] = display_title(record.title, year) if record is not None else item_id
+    consent = generative_consent(state, user_id)  # the history may go to a hosted LLM
+    try:
+        reordered = rerank_items(
+            reranker, [titles[i] for i in recent], candidates, titles, consent=consent
+        )
+    except (GenerationError, RecloopError) as exc:
+        log.warning("LLM re-ranking fell back to the blended order: %s", exc)
+        return candidates, f"fallback: {' '.join(str(exc).split())[:200]}"
+    return reordered, "llm"
 
 
 def _model(state: ServiceState) -> Any:
