@@ -28,6 +28,7 @@ import httpx
 import sqlalchemy as sa
 
 from recloop.benchmark import write_results
+from recloop.store.cache import user_scope
 from service_common import (
     BENCH_RUNS,
     ROOT,
@@ -69,7 +70,7 @@ def leftovers(db: str, redis_client: Any, namespace: str, user: str) -> dict[str
             ).scalar_one()
     finally:
         engine.dispose()
-    marker = f"|user={user}|".encode()
+    marker = user_scope(user).encode()
     keys = sum(1 for name in redis_client.scan_iter(match=f"{namespace}:*") if marker in name)
     return {"events": int(events), "slates": int(slates), "redis_keys": keys}
 

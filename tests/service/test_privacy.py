@@ -15,6 +15,7 @@ from recloop.service.app import ServiceState, create_app
 from recloop.service.bootstrap import import_dataset, interactions_from_store, train_version
 from recloop.service.cli import create_key
 from recloop.service.settings import ServiceSettings
+from recloop.store.cache import user_scope
 from recloop.store.privacy import DEFAULT_CONSENT
 
 from .test_app import bearer, model_only_loop, recommend, tiny_dataset
@@ -96,6 +97,13 @@ def test_erasure_reaches_store_caches_logs_and_models(
         headers=bearer(keys["client"]),
     )
     before = recommend(client, keys["client"], ERASED)  # fills the candidate cache
+    talk = client.post(
+        "/v1/conversations",
+        json={"user_id": ERASED, "message": "something like Item 1"},
+        headers=bearer(keys["client"]),
+    )
+    assert talk.status_code == 200, talk.text
+    conversation = talk.json()["conversation_id"]
     assert before["personalised"] is True
     state.slates.flush()
     assert state.loop.log.slate(before["slate_id"]) is not None
@@ -144,14 +152,17 @@ def test_erasure_reaches_store_caches_logs_and_models(
                 }
         elif "{user_id}" not in path:
             assert ERASED not in response.text, url
+    scope = user_scope(ERASED)
+    gone = client.get(f"/v1/conversations/{conversation}", headers=bearer(keys["client"]))
+    assert gone.status_code == 404
     if redis_client is not None:
         client_, namespace = redis_client
         for name in client_.scan_iter(match=f"{namespace}:*"):
-            assert ERASED.encode() not in name
+            assert ERASED.encode() not in name and scope.encode() not in name
             value = client_.get(name) or b""
             assert ERASED.encode() not in value, name
     else:
-        assert not [k for k in state.cache.entry_keys() if ERASED in k]  # type: ignore[attr-defined]
+        assert not [k for k in state.cache.entry_keys() if scope in k]  # type: ignore[attr-defined]
 
     # the audit log: request and completion
     entries = client.get("/v1/audit", params={"subject": ERASED}, headers=admin).json()

@@ -9,6 +9,7 @@ processes to pick up the new counter at once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -59,8 +60,9 @@ class Cache(Protocol):
 
 def user_scope(user_id: str) -> str:
     """The fragment every key of an entry derived from one user's data must carry: erasing
-    the user purges every entry whose key holds it (:meth:`Cache.purge`)."""
-    return f"|user={user_id}|"
+    the user purges every entry whose key holds it (:meth:`Cache.purge`). A digest of the id,
+    so cache keys never hold user ids themselves."""
+    return f"|u={hashlib.sha256(user_id.encode()).hexdigest()[:24]}|"
 
 
 def mask_url(url: str) -> str:
