@@ -121,3 +121,21 @@ def test_serve_from_an_empty_home(tmp_path: Path, ml100k_dir: Path) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_privacy_consent_erase_audit_and_purge(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    with EventStore(f"sqlite:///{tmp_path / 'home' / 'recloop.db'}") as store:
+        import_dataset(store, tiny_dataset(), source="tiny")
+    run("model", "train", "EASE", "--home", home)
+    assert '"generative": false' in run("privacy", "consent", "u1", "--home", home)
+    changed = run("privacy", "consent", "u1", "--no-training", "--home", home)
+    assert '"training": false' in changed and '"personalisation": true' in changed
+    erased = run("privacy", "erase", "u1", "--yes", "--home", home)
+    assert '"events": 4' in erased and '"consent": true' in erased
+    with EventStore(f"sqlite:///{tmp_path / 'home' / 'recloop.db'}") as store:
+        assert store.history("u1") == []
+    audit = run("privacy", "audit", "--subject", "u1", "--home", home)
+    assert "erasure-complete" in audit and "consent" in audit
+    assert "slates" in run("privacy", "purge", "--home", home)

@@ -140,11 +140,28 @@ def create_app(
     return app
 
 
+APPROVED_COUNT = "generated-approved-count"  # cache key: approved generated pieces, or 0
+
+
 def _connect_generated_source(state: ServiceState) -> None:
-    """Approved generated collections (the review queue's) become the loop's generated source."""
-    from recloop.service.routes_review import generated_source
+    """Approved generated collections (the review queue's) become the loop's generated source.
+
+    While no piece is approved (the usual case) the queue is not read per request: the count
+    of approved pieces is cached for 10 s. A zero can only delay a new approval by that
+    long; once pieces are approved the queue is read at every request, so a piece that is
+    rejected or edited is never served after the decision.
+    """
+    from recloop.service.routes_review import generated_source, review_queue
 
     def source(user_id: str, segment: str, n: int, exclude: set[str]) -> list[Candidate]:
+        raw = state.cache.get(APPROVED_COUNT)
+        if raw is None:
+            approved = review_queue(state).counts().get("approved", 0)
+            state.cache.set(APPROVED_COUNT, str(approved).encode(), ttl=10.0)
+        else:
+            approved = int(raw)
+        if approved == 0:
+            return []
         return generated_source(state).candidates(user_id, None, n, exclude)
 
     state.loop.generated_source = source

@@ -21,6 +21,9 @@ keys_app = typer.Typer(help="Create, list, rotate and revoke API keys.", no_args
 model_app = typer.Typer(
     help="Train, list and activate served model versions.", no_args_is_help=True
 )
+privacy_app = typer.Typer(
+    help="Users' consent, erasure, the audit log and retention purges.", no_args_is_help=True
+)
 
 HomeOption = typer.Option(
     None, "--home", help="state folder (default: $RECLOOP_HOME or ./recloop-home)"
@@ -60,6 +63,8 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
     """Add the service commands to the main CLI."""
     app.add_typer(keys_app, name="keys")
     app.add_typer(model_app, name="model")
+    app.add_typer(privacy_app, name="privacy")
+    _register_privacy(console, user_errors)
 
     @app.command()
     @user_errors
@@ -244,6 +249,114 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
 
         version = ArtifactRegistry(_settings(home, None).models_dir).rollback()
         console.print(f"rolled back: {version} is active")
+
+
+def _register_privacy(console: Any, user_errors: Any) -> None:
+    """``recloop privacy consent|erase|audit|purge`` (the same code as the service's routes)."""
+
+    @privacy_app.command("consent")
+    @user_errors
+    def privacy_consent(
+        user: str = typer.Argument(..., help="the user's id"),
+        personalisation: bool | None = typer.Option(None, "--personalisation/--no-personalisation"),
+        training: bool | None = typer.Option(None, "--training/--no-training"),
+        generative: bool | None = typer.Option(None, "--generative/--no-generative"),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """Show a user's consent, or change the flags given (the others are kept)."""
+        from dataclasses import asdict, replace
+
+        from recloop.service.privacy import ConsentReader
+        from recloop.store.cache import open_cache
+        from recloop.store.privacy import PrivacyLog
+
+        settings = _settings(home, db)
+        store = _store(settings)
+        try:
+            log = PrivacyLog(store)
+            now = log.consent(user)
+            changes = {
+                name: value
+                for name, value in (
+                    ("personalisation", personalisation),
+                    ("training", training),
+                    ("generative", generative),
+                )
+                if value is not None
+            }
+            if changes:
+                cache = open_cache(
+                    settings.cache_url,
+                    namespace=settings.cache_namespace,
+                    generation_file=settings.generation_file,
+                )
+                try:  # through the cache, so running workers see the change at once
+                    ConsentReader(log, cache).set(user, replace(now, **changes), "cli")
+                finally:
+                    cache.close()
+                now = log.consent(user)
+            console.print_json(data={"user_id": user, **asdict(now)})
+        finally:
+            store.close()
+
+    @privacy_app.command("erase")
+    @user_errors
+    def privacy_erase(
+        user: str = typer.Argument(..., help="the user's id"),
+        yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """Erase a user everywhere, as DELETE /v1/users/{id} does (store, caches, models)."""
+        from recloop.service.privacy import erase
+        from recloop.service.state import ServiceState
+
+        if not yes and not typer.confirm(f"erase every trace of user {user!r}?"):
+            raise typer.Exit(1)
+        state = ServiceState.open(_settings(home, db))
+        try:
+            report = erase(state, user, "cli")
+        finally:
+            state.close()
+        console.print_json(report.model_dump_json())
+
+    @privacy_app.command("audit")
+    @user_errors
+    def privacy_audit(
+        subject: str | None = typer.Option(None, help="only this user's entries"),
+        limit: int = typer.Option(50, min=1, help="newest entries to show"),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """The privacy audit log, newest first."""
+        from recloop.store.privacy import PrivacyLog
+
+        store = _store(_settings(home, db))
+        try:
+            entries = PrivacyLog(store).audit(subject=subject, limit=limit)
+        finally:
+            store.close()
+        table = Table("seq", "when", "actor", "action", "subject", "detail")
+        for e in entries:
+            table.add_row(str(e.seq), _when(e.at), e.actor, e.action, e.subject, str(e.detail))
+        console.print(table)
+
+    @privacy_app.command("purge")
+    @user_errors
+    def privacy_purge(home: Path | None = HomeOption, db: str | None = DbOption) -> None:
+        """Delete events past their kind's retention and slates past theirs, now."""
+        from recloop.store.privacy import PrivacyLog
+
+        settings = _settings(home, db)
+        store = _store(settings)
+        try:
+            removed = PrivacyLog(store).purge_expired(
+                settings.retention_s, settings.slate_retention_days * 86400.0, time.time()
+            )
+        finally:
+            store.close()
+        console.print_json(data=removed)
 
 
 def _model_params(name: str, config: Path | None) -> dict[str, Any]:
