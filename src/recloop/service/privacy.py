@@ -27,26 +27,34 @@ from recloop.service.schemas import ErasureOut
 from recloop.store.cache import user_scope
 from recloop.store.privacy import Consent, PrivacyLog
 
+PURGE_GRACE_S = 0.1  # in-flight requests finish their cache writes within this
+
 
 def _digest(user_id: str) -> str:
     return hashlib.sha256(user_id.encode()).hexdigest()
 
 
 class ErasedUsers:
-    """Which users were erased, as SHA-256 digests, refreshed from the tombstones."""
+    """Which users were erased, as SHA-256 digests, refreshed from the tombstones at least
+    every ``refresh_s`` and at once when the cache was invalidated (an erasure invalidates
+    it, so every worker knows at its next request)."""
 
-    def __init__(self, log: PrivacyLog, *, refresh_s: float = 0.5) -> None:
+    def __init__(self, log: PrivacyLog, cache: Any = None, *, refresh_s: float = 0.5) -> None:
         self.log = log
+        self.cache = cache
         self.refresh_s = refresh_s
         self._digests: set[str] = set()
         self._next = 0.0
+        self._token: int | None = None
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
+        token = self.cache.token() if self.cache is not None else None
         digests = {_digest(user) for user in self.log.erased()}
         with self._lock:
             self._digests = digests
             self._next = time.monotonic() + self.refresh_s
+            self._token = token
 
     def add(self, user_id: str) -> None:
         with self._lock:
@@ -55,7 +63,8 @@ class ErasedUsers:
     def __contains__(self, user_id: object) -> bool:
         if not isinstance(user_id, str):
             return False
-        if time.monotonic() >= self._next:
+        stale = self.cache is not None and self.cache.token() != self._token
+        if stale or time.monotonic() >= self._next:
             self.refresh()
         return _digest(user_id) in self._digests
 
@@ -69,8 +78,13 @@ def erase(state: Any, user_id: str, actor: str) -> ErasureOut:
     state.erased.add(user_id)
     ReviewQueue(state.store).forget_user(user_id)  # generated pieces' audiences
     dropped = state.slates.drop_user(user_id)
+    # Purge, then invalidate: a request that read the user's data before now can no longer
+    # store what it computed (cache tokens), and every worker re-reads the tombstones. Then
+    # purge again, once requests that were already past their check have written.
     purged = state.cache.purge(user_scope(user_id))
     state.cache.invalidate()
+    time.sleep(PURGE_GRACE_S)
+    purged += state.cache.purge(user_scope(user_id))
     holding = [
         version.version
         for version in state.registry.versions()

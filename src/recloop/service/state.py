@@ -100,7 +100,7 @@ class ServiceState:
                 ),
             ),
             privacy=privacy,
-            erased=ErasedUsers(privacy),
+            erased=ErasedUsers(privacy, cache),
             consent=ConsentReader(privacy, cache),
             counters=counters,
         )

@@ -339,13 +339,16 @@ class RedisCache:
     ) -> None:
         """Store ``value`` for ``ttl`` seconds (default :attr:`default_ttl`); failures counted.
 
-        With ``token``, the value goes under that generation: if the cache was invalidated
-        since, no reader looks there and it expires unread."""
+        With ``token``, nothing is stored if the cache was invalidated since it was taken (a
+        value computed from data read before an invalidation, e.g. an erasure)."""
         seconds = self.default_ttl if ttl is None else ttl
         try:
             if token is not None and token < 0:
                 return
-            generation = self._current_generation() if token is None else token
+            current = self._current_generation()
+            if token is not None and token != current:
+                return  # computed before an invalidation: no reader would look there
+            generation = current
             name = self._key(generation, key)
             if seconds <= 0:
                 self._client.delete(name)
