@@ -217,7 +217,7 @@ def list_pieces(
     status: Annotated[Literal["pending", "approved", "rejected", "all"], Query()] = "pending",
     segment: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> ReviewList:
     """Generated pieces of a status (pending by default), highest priority first, with the
     automated checks' findings."""
