@@ -10,8 +10,8 @@ import torch
 from recloop.data import Queries, SyntheticConfig, generate
 from recloop.eval import average_popularity, item_popularity
 from recloop.models.base import ModelConfig
-from recloop.models.bpr import BPR, BPRConfig
-from recloop.models.ips_bpr import IPSBPR, IPSBPRConfig, _set_weighted_gradients, propensities
+from recloop.models.bpr import BPR, BPRConfig, _set_bpr_gradients
+from recloop.models.ips_bpr import IPSBPR, IPSBPRConfig, propensities
 from recloop.models.registry import build_model
 
 from .contract import ModelContract, planted
@@ -59,7 +59,7 @@ def test_weighted_gradient_matches_autograd() -> None:
     u, i, j = torch.tensor([0, 1, 4, 1]), torch.tensor([2, 3, 3, 6]), torch.tensor([5, 0, 1, 2])
     w = torch.tensor([0.5, 2.0, 1.0, 0.25])
     reg = 0.1
-    _set_weighted_gradients(user_f, item_f, bias, u, i, j, w, reg)
+    _set_bpr_gradients(user_f, item_f, bias, u, i, j, reg, w)
     grads = [user_f.grad.clone(), item_f.grad.clone(), bias.grad.clone()]  # type: ignore[union-attr]
     params = [p.detach().clone().requires_grad_(True) for p in (user_f, item_f, bias)]
     pu, qi, qj = params[0][u], params[1][i], params[1][j]

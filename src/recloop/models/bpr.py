@@ -93,6 +93,8 @@ class BPR(ScoringRecommender):
         pos_user = torch.from_numpy(np.repeat(np.arange(n_users), np.diff(x.indptr)))
         pos_item = torch.from_numpy(x.indices.astype(np.int64))
         consumed = pos_user * n_items + pos_item  # sorted: CSR rows, sorted indices
+        weights = self._pair_weights(x)
+        weight_all = torch.from_numpy(weights.astype(np.float32)) if weights is not None else None
 
         user_f = (torch.randn(n_users, cfg.factors, generator=gen) * cfg.init_std).to(device)
         item_f = (torch.randn(n_items, cfg.factors, generator=gen) * cfg.init_std).to(device)
@@ -106,13 +108,15 @@ class BPR(ScoringRecommender):
         for _ in range(cfg.epochs if n_pos else 0):
             order = torch.randperm(n_pos, generator=gen)
             u_all, i_all = pos_user[order], pos_item[order]
+            w_all = weight_all[order] if weight_all is not None else None
             j_all = _sample_negatives(u_all, consumed, n_items, gen)
             total = 0.0
             for start in range(0, n_pos, cfg.batch_size):
                 batch = slice(start, start + cfg.batch_size)
                 u, i, j = u_all[batch].to(device), i_all[batch].to(device), j_all[batch].to(device)
+                w = w_all[batch].to(device) if w_all is not None else None
                 total += _set_bpr_gradients(
-                    user_f, item_f, bias if cfg.item_bias else None, u, i, j, cfg.reg
+                    user_f, item_f, bias if cfg.item_bias else None, u, i, j, cfg.reg, w
                 )
                 optimizer.step()
             self.loss_history_.append(total / n_pos)
@@ -122,6 +126,11 @@ class BPR(ScoringRecommender):
         self.item_bias_ = bias.cpu().numpy().astype(np.float32)
         self.train_fingerprint_ = history_fingerprint(x)
         self.fold_in_map_ = self._fit_fold_in_map(x)
+
+    def _pair_weights(self, x: Any) -> np.ndarray | None:
+        """A weight per train pair (CSR order) scaling its ranking term; None: all 1.
+        Subclasses reweight the pairs (``IPSBPR``) without another training loop."""
+        return None
 
     def _score(self, queries: Queries) -> np.ndarray:
         history = queries.history_csr(self.n_items_)
@@ -198,12 +207,14 @@ def _set_bpr_gradients(
     i: torch.Tensor,
     j: torch.Tensor,
     reg: float,
+    w: torch.Tensor | None = None,
 ) -> float:
     """Store the batch loss's gradient in ``.grad``; return the summed ranking loss.
 
-    ``loss = mean softplus(−x_uij) + reg · mean(‖p_u‖² + ‖q_i‖² + ‖q_j‖² [+ b_i² + b_j²])``
-    with ``x_uij = p_u · (q_i − q_j) [+ b_i − b_j]``. Written out by hand because it runs about
-    twice as fast as autograd for these gathers, with the same result.
+    ``loss = mean w·softplus(−x_uij) + reg · mean(‖p_u‖² + ‖q_i‖² + ‖q_j‖² [+ b_i² + b_j²])``
+    with ``x_uij = p_u · (q_i − q_j) [+ b_i − b_j]`` and pair weights ``w`` (1 when None; the
+    penalty is not weighted). Written out by hand because it runs about twice as fast as
+    autograd for these gathers, with the same result.
     """
     n = len(u)
     pu = user_f.index_select(0, u)  # batch × factors
@@ -213,7 +224,8 @@ def _set_bpr_gradients(
     if bias is not None:
         bi, bj = bias.index_select(0, i), bias.index_select(0, j)
         x += bi - bj
-    g = ((torch.sigmoid(x) - 1.0) / n).unsqueeze(1)  # ∂loss/∂x_uij, batch × 1
+    slope = torch.sigmoid(x) - 1.0 if w is None else (torch.sigmoid(x) - 1.0) * w
+    g = (slope / n).unsqueeze(1)  # ∂loss/∂x_uij, batch × 1
     r = 2.0 * reg / n  # ∂penalty/∂θ = r · θ
     g_pu = g * pu
     user_f.grad = torch.zeros_like(user_f).index_add_(0, u, torch.addcmul(r * pu, g, q_diff))
@@ -223,7 +235,8 @@ def _set_bpr_gradients(
         g_b = g.squeeze(1)
         bias_grad = torch.zeros_like(bias).index_add_(0, i, r * bi + g_b)
         bias.grad = bias_grad.index_add_(0, j, r * bj - g_b)
-    return float(F.softplus(-x).sum())
+    loss = F.softplus(-x)
+    return float(loss.sum() if w is None else (w * loss).sum())
 
 
 def _sample_negatives(
