@@ -19,7 +19,6 @@ from markupsafe import Markup
 from recloop.console import plots
 from recloop.service.state import ServiceState
 from recloop.store.schema import events as events_table
-from recloop.store.schema import items as items_table
 from recloop.store.schema import users as users_table
 from recloop.store.slates import SlateRecord
 
@@ -95,19 +94,8 @@ def id_list(value: object, what: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ store reads
 def titles(state: ServiceState, item_ids: Iterable[str]) -> dict[str, str]:
-    """Titles of the given items, in one query (unknown items left out)."""
-    ids = list(dict.fromkeys(item_ids))
-    if not ids:
-        return {}
-    out: dict[str, str] = {}
-    with state.store.transaction(write=False) as conn:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            query = sa.select(items_table.c.item_id, items_table.c.title).where(
-                items_table.c.item_id.in_(chunk)
-            )
-            out.update({row.item_id: row.title for row in conn.execute(query)})
-    return out
+    """Titles of the given items (unknown items left out)."""
+    return {item: record.title for item, record in state.store.get_items(list(item_ids)).items()}
 
 
 def known_users(state: ServiceState, limit: int = 200) -> list[tuple[str, int]]:

@@ -27,7 +27,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,7 +47,6 @@ from recloop.service.schemas import Identifier
 from recloop.service.state import ServiceState
 from recloop.service.visibility import blocked_items
 from recloop.store.cache import user_scope
-from recloop.store.schema import items as items_table
 
 log = logging.getLogger("recloop.service")
 router = APIRouter()
@@ -144,36 +142,16 @@ class _Engine:
 
 
 def _store_catalogue(state: ServiceState) -> Catalog:
-    with state.store.transaction(write=False) as conn:
-        rows = conn.execute(
-            sa.select(
-                items_table.c.item_id,
-                items_table.c.title,
-                items_table.c.text,
-                items_table.c.attributes,
-            ).order_by(items_table.c.item_id)
-        ).all()
-    attributes = [_attributes(row.attributes) for row in rows]
+    records = state.store.all_items()
     return Catalog(
-        IdMap(row.item_id for row in rows),
-        [row.title or "" for row in rows],
-        [
-            item_text(row.title or "", row.text or "", attrs)
-            for row, attrs in zip(rows, attributes, strict=True)
-        ],
+        IdMap(r.item_id for r in records),
+        [r.title for r in records],
+        [item_text(r.title, r.text, r.attributes) for r in records],
         {
-            "genres": [a.get("genres") for a in attributes],
-            "year": [a.get("year") for a in attributes],
+            "genres": [r.attributes.get("genres") for r in records],
+            "year": [r.attributes.get("year") for r in records],
         },
     )
-
-
-def _attributes(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _recommender(state: ServiceState) -> tuple[ConversationalRecommender, list[str]]:

@@ -15,12 +15,10 @@ in their preferences; without it they get the template.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel, Field
 
@@ -38,7 +36,6 @@ from recloop.service.generation import generative_consent, text_generator
 from recloop.service.schemas import MAX_RECOMMENDATIONS
 from recloop.service.state import ServiceState
 from recloop.store.cache import user_scope
-from recloop.store.schema import items as items_table
 from recloop.store.slates import SlateLog
 
 router = APIRouter()
@@ -180,36 +177,16 @@ def _checker(state: ServiceState, parts: _Components) -> FaithfulnessChecker:
     token = state.cache.token()
     if parts.checker is not None and (token == parts.vocabulary_token or token < 0):
         return parts.checker  # token < 0: the cache is unreachable, keep what we have
-    with state.store.transaction(write=False) as conn:
-        rows = conn.execute(
-            sa.select(items_table.c.item_id, items_table.c.title, items_table.c.attributes)
-        ).all()
     parts.checker = FaithfulnessChecker.from_items(
-        ItemFacts.from_attributes(row.item_id, row.title, _attributes(row.attributes))
-        for row in rows
+        ItemFacts.from_attributes(r.item_id, r.title, r.attributes) for r in state.store.all_items()
     )
     parts.vocabulary_token = token
     return parts.checker
 
 
 def _item_facts(state: ServiceState, item_ids: list[str]) -> dict[str, ItemFacts]:
-    """Facts of the given items in one query."""
-    ids = list(dict.fromkeys(item_ids))
-    with state.store.transaction(write=False) as conn:
-        rows = conn.execute(
-            sa.select(items_table.c.item_id, items_table.c.title, items_table.c.attributes).where(
-                items_table.c.item_id.in_(ids)
-            )
-        ).all()
+    """Facts of the given items."""
     return {
-        row.item_id: ItemFacts.from_attributes(row.item_id, row.title, _attributes(row.attributes))
-        for row in rows
+        item: ItemFacts.from_attributes(item, record.title, record.attributes)
+        for item, record in state.store.get_items(item_ids).items()
     }
-
-
-def _attributes(text: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

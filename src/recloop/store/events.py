@@ -266,6 +266,16 @@ class EventStore:
             row = conn.execute(sa.select(items).where(items.c.item_id == item_id)).one_or_none()
         return None if row is None else _item_record(row)
 
+    def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
+        """The known ones of ``item_ids``, by id, in one query per thousand ids."""
+        ids = list(dict.fromkeys(item_ids))
+        out: dict[str, ItemRecord] = {}
+        with self._transaction(write=False) as conn:
+            for start in range(0, len(ids), _CHUNK):
+                query = sa.select(items).where(items.c.item_id.in_(ids[start : start + _CHUNK]))
+                out.update((row.item_id, _item_record(row)) for row in conn.execute(query))
+        return out
+
     def update_item(self, item_id: str, **changes: Any) -> ItemRecord:
         """Change some fields of a stored item; returns the updated item."""
         unknown = sorted(set(changes) - _ITEM_FIELDS)
