@@ -44,15 +44,20 @@ class ErasedUsers:
         self.cache = cache
         self.refresh_s = refresh_s
         self._digests: set[str] = set()
+        self._seen_until = float("-inf")  # erased_at of the newest tombstone read
         self._next = 0.0
         self._token: int | None = None
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
+        """Add the tombstones written since the newest one seen (they are never removed, so
+        reading only the new ones keeps the per-request check cheap however many there are)."""
         token = self.cache.token() if self.cache is not None else None
-        digests = {_digest(user) for user in self.log.erased()}
+        fresh = self.log.erased_since(self._seen_until)
         with self._lock:
-            self._digests = digests
+            self._digests.update(_digest(user) for user, _ in fresh)
+            if fresh:
+                self._seen_until = max(self._seen_until, fresh[-1][1])
             self._next = time.monotonic() + self.refresh_s
             self._token = token
 
