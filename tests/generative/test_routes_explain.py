@@ -7,11 +7,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from recloop.data.types import Catalog, Dataset, IdMap, Interactions
+from recloop.data.types import Catalog, Dataset
 from recloop.generative.faithfulness import FaithfulnessChecker
 from recloop.generative.llm import Generation, GenerationError, GenerationRequest, Message
 from recloop.service.app import ServiceState, create_app
@@ -21,6 +20,7 @@ from recloop.service.generation import GENERATOR
 from recloop.service.routes_explain import EXPLAIN
 from recloop.service.settings import ServiceSettings
 from recloop.store.slates import Impression, SlateLog, SlateRecord
+from service.test_app import tiny_dataset
 
 N_USERS, N_ITEMS = 30, 12
 TITLES = [
@@ -40,24 +40,14 @@ TITLES = [
 
 
 def films() -> Dataset:
-    """Two taste groups: users 0-14 watch animated films 0-5, users 15-29 crime films 6-11."""
-    rng = np.random.default_rng(0)
-    users, items, stamps = [], [], []
-    for u in range(N_USERS):
-        group = range(0, 6) if u < 15 else range(6, 12)
-        for t, i in enumerate(rng.permutation(list(group))[:4]):
-            users.append(u)
-            items.append(int(i))
-            stamps.append(1_000_000 + 10 * t)
-    item_map = IdMap(f"i{i}" for i in range(N_ITEMS))
-    inter = Interactions.from_arrays(
-        users, items, stamps, users=IdMap(f"u{u}" for u in range(N_USERS)), items=item_map
-    )
+    """The service tests' two taste groups (users 0-14 watch items 0-5, users 15-29 items
+    6-11), with real titles: animated films first, crime films after."""
+    inter = tiny_dataset().interactions
     genres = [
         ["Animation", "Children's"] if i < 6 else ["Crime", "Thriller"] for i in range(N_ITEMS)
     ]
     catalog = Catalog(
-        item_map,
+        inter.items,
         TITLES,
         [f"{t}." for t in TITLES],
         {"genres": genres, "year": [1990 + i for i in range(N_ITEMS)]},
