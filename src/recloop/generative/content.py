@@ -54,7 +54,7 @@ from recloop.generative.quality import ContentError, GeneratedPiece, store_items
 from recloop.generative.review import ReviewedPiece, ReviewQueue
 from recloop.generative.safety import SYSTEM_GUARD, constrain_ids, untrusted
 from recloop.service.engine import Candidate
-from recloop.store.events import EventStore, ItemRecord
+from recloop.store.events import EventStore, ItemRecord, item_records
 
 PROMPT_VERSION = "collection-v1"
 CONCEPT_PROMPT_VERSION = "item-concept-v1"
@@ -517,27 +517,10 @@ def _attribute(record: ItemRecord | None, attribute: str) -> tuple[str, ...]:
 
 def _records(catalogue: Mapping[str, ItemRecord] | Catalog) -> dict[str, ItemRecord]:
     if isinstance(catalogue, Catalog):
-        names = list(catalogue.attributes)
-        return {
-            item_id: ItemRecord(
-                item_id,
-                title=catalogue.title[row],
-                text=catalogue.text[row],
-                attributes={name: _plain(catalogue.attributes[name][row]) for name in names},
-            )
-            for row, item_id in enumerate(catalogue.items.ids())
-        }
+        return {record.item_id: record for record in item_records(catalogue)}
     if isinstance(catalogue, Mapping):
         return dict(catalogue)
     raise ContentError(f"catalogue must be a Catalog or a mapping, not {type(catalogue).__name__}")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _gap_scores(segment: Segment) -> dict[str, Any]:

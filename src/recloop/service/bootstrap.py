@@ -19,35 +19,16 @@ from recloop.data.types import Dataset, EventKind, IdMap, Interactions
 from recloop.errors import ConfigError
 from recloop.models.registry import build_model, model_class
 from recloop.store.artifacts import ArtifactRegistry
-from recloop.store.events import EventRecord, EventStore, ItemRecord
+from recloop.store.events import EventRecord, EventStore, ItemRecord, item_records, plain_value
 
 IMPORT_BATCH = 10_000
 Progress = Callable[[int], None]
 
 
 def _catalog_records(dataset: Dataset) -> list[ItemRecord]:
-    catalog = dataset.catalog
-    if catalog is None:
+    if dataset.catalog is None:
         return [ItemRecord(item_id=i) for i in dataset.interactions.items.ids()]
-    names = list(catalog.attributes)
-    return [
-        ItemRecord(
-            item_id=item_id,
-            title=catalog.title[row],
-            text=catalog.text[row],
-            attributes={name: _plain(catalog.attributes[name][row]) for name in names},
-        )
-        for row, item_id in enumerate(catalog.items.ids())
-    ]
-
-
-def _plain(value: Any) -> Any:
-    """JSON-friendly attribute values (NumPy scalars and arrays become Python ones)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray | tuple):
-        return [_plain(v) for v in value]
-    return value
+    return item_records(dataset.catalog)
 
 
 def _event_records(dataset: Dataset, source: str) -> Iterator[list[EventRecord]]:
@@ -81,7 +62,7 @@ def import_dataset(
         attrs = dataset.users.attributes
         store.upsert_users(
             [
-                (user_id, {name: _plain(values[row]) for name, values in attrs.items()})
+                (user_id, {name: plain_value(values[row]) for name, values in attrs.items()})
                 for row, user_id in enumerate(dataset.users.users.ids())
             ]
         )

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
 from sqlalchemy.dialects import postgresql, sqlite
 
-from recloop.data.types import EventKind
+from recloop.data.types import Catalog, EventKind
 from recloop.errors import RecloopError
 from recloop.store.schema import api_keys, events, items, tombstones, users
 
@@ -76,6 +77,29 @@ class ItemRecord:
     hidden: bool = False
     available_from: float | None = None
     available_until: float | None = None
+
+
+def plain_value(value: Any) -> Any:
+    """A JSON-friendly attribute value: NumPy scalars and arrays become Python ones."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | tuple):
+        return [plain_value(v) for v in value]
+    return value
+
+
+def item_records(catalog: Catalog) -> list[ItemRecord]:
+    """The catalogue's items as store records (title, text, attributes), in index order."""
+    names = list(catalog.attributes)
+    return [
+        ItemRecord(
+            item_id=item_id,
+            title=catalog.title[row],
+            text=catalog.text[row],
+            attributes={name: plain_value(catalog.attributes[name][row]) for name in names},
+        )
+        for row, item_id in enumerate(catalog.items.ids())
+    ]
 
 
 @dataclass(frozen=True, slots=True)
