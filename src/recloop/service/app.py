@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 from dataclasses import asdict
@@ -69,6 +68,7 @@ from recloop.service.schemas import (
     Slate,
     SourceStatsOut,
     UserBatch,
+    json_safe,
     parse_events,
 )
 from recloop.service.settings import ServiceSettings
@@ -739,7 +739,7 @@ def _loop_report(state: ServiceState) -> LoopOut:
         segments=segments,
         sources=stats(counts.get("sources", {})),
         positions=stats(counts.get("positions", {})),
-        offpolicy=_json_safe(offpolicy_report(rows, config, bandit)),
+        offpolicy=json_safe(offpolicy_report(rows, config, bandit)),
         slates_logged=loop.log.count_slates(),
         retraining=[RetrainOut(**asdict(e)) for e in loop.log.retrain_history(20)],
         history=[
@@ -747,15 +747,6 @@ def _loop_report(state: ServiceState) -> LoopOut:
             for at, segment, probs in loop.log.policy_history(500)
         ],
     )
-
-
-def _json_safe(value: Any) -> Any:
-    """Infinite interval ends (too few rows) as None: JSON has no infinity."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _candidates(

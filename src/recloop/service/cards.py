@@ -11,7 +11,6 @@ benchmark.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -19,19 +18,10 @@ from recloop.data.split import Split
 from recloop.data.types import Interactions
 from recloop.eval.evaluate import evaluate
 from recloop.models.registry import build_model
+from recloop.service.schemas import json_safe
 
 CARD_FORMAT = "recloop-model-card/1"
 KS = (10, 20)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def holdout_metrics(
@@ -44,13 +34,13 @@ def holdout_metrics(
         model.fit(split.train)
     result = evaluate(model, split.evaluation_set("test"), KS, train=split.train, progress=False)
     segments = {
-        name: {label: _clean(dict(values)) for label, values in table.items()}
+        name: {label: json_safe(dict(values)) for label, values in table.items()}
         for name, table in result.segments.items()
     }
     return {
         "users": result.n_users,
-        "metrics": _clean({k: float(v) for k, v in result.metrics.items()}),
-        "beyond": _clean({k: float(v) for k, v in result.beyond.items()}),
+        "metrics": json_safe({k: float(v) for k, v in result.metrics.items()}),
+        "beyond": json_safe({k: float(v) for k, v in result.beyond.items()}),
         "segments": segments,
     }
 
@@ -88,7 +78,7 @@ def model_card(
                 gaps.append(f"{name}: NDCG@10 from {min(values):.3f} to {max(values):.3f}")
         if gaps:
             limitations.append("Quality differs by segment (" + "; ".join(gaps) + ").")
-    return _clean(
+    return json_safe(
         {
             "format": CARD_FORMAT,
             "model": model_name,

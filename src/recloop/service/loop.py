@@ -23,7 +23,6 @@ a request.
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import threading
 import time
@@ -453,8 +452,3 @@ def loop_config_from(path: Path | None) -> LoopConfig:
 
         raise ConfigError(f"cannot read loop config {path}: {exc.strerror}") from None
     return LoopConfig.from_json(text, str(path))
-
-
-def finite(value: float) -> float | None:
-    """JSON has no infinity: None for non-finite numbers."""
-    return value if math.isfinite(value) else None

@@ -415,3 +415,15 @@ class AuditEntryOut(BaseModel):
 
 class AuditOut(BaseModel):
     entries: list[AuditEntryOut]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, an infinite interval end) as None, through
+    dicts, lists and tuples: JSON has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
