@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,14 +55,7 @@ def service(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[TestClient, dict[str, str], ServiceState]]:
     """The app on the embedded defaults, and on the local PostgreSQL and Redis."""
-    stores = {}
-    if request.param == "postgresql+redis":
-        cache_url, namespace = request.getfixturevalue("redis_url")
-        stores = {
-            "db": request.getfixturevalue("postgres_url"),
-            "cache_url": cache_url,
-            "cache_namespace": namespace,
-        }
+    stores = store_settings(request)
     settings = ServiceSettings(
         home=tmp_path / "home",
         key_cache_s=0.0,
@@ -75,6 +69,18 @@ def service(
     keys = {role: create_key(state.store, f"test {role}", role)[1] for role in ("client", "admin")}
     with TestClient(create_app(state=state)) as client:
         yield client, keys, state
+
+
+def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for the local PostgreSQL and Redis under the "postgresql+redis" param."""
+    if request.param != "postgresql+redis":
+        return {}
+    cache_url, namespace = request.getfixturevalue("redis_url")
+    return {
+        "db": request.getfixturevalue("postgres_url"),
+        "cache_url": cache_url,
+        "cache_namespace": namespace,
+    }
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +20,6 @@ from recloop.store.events import (
     KeyRecord,
     StoreError,
 )
-
-BACKENDS = ["sqlite", "postgresql"]
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'events.db'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture()
-def store(url: str) -> Iterator[EventStore]:
-    with EventStore(url) as opened:
-        yield opened
 
 
 def event(

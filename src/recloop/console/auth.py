@@ -139,7 +139,7 @@ def session_of(
         return None
     return ConsoleSession(
         session_key_id=record.key_id,
-        principal=Principal(key_id=parent.key_id, name=parent.name, role=parent.role),
+        principal=Principal(parent.key_id, parent.name, parent.role, parent.owner),
         csrf=csrf_token(session_id),
         expires_at=expires_at,
     )

@@ -1,7 +1,8 @@
 """The FastAPI app behind ``recloop serve``: events in, labelled recommendations out.
 
 Every ``/v1`` route needs an API key (``Authorization: Bearer …`` or ``X-API-Key``) whose role
-allows it, and counts against that key's rate limit. Bad input answers 4xx with the field at
+allows it, and counts against that key's rate limit; a client key acts only for its own
+application's users (:mod:`recloop.service.owners`). Bad input answers 4xx with the field at
 fault; a 500 always means a bug. The routes read and write the stores through
 :class:`ServiceState`; nothing about a user is kept in a worker between requests, so any
 number of workers can serve the same store.
@@ -51,6 +52,7 @@ from recloop.service.schemas import (
     EventBatch,
     EventIn,
     EventsResult,
+    FieldError,
     GapsOut,
     Health,
     ItemBatch,
@@ -59,9 +61,12 @@ from recloop.service.schemas import (
     LoopOut,
     ModelList,
     ModelVersion,
+    OwnerBody,
+    OwnerOut,
     PolicySnapshot,
     Preferences,
     RecommendedItem,
+    RejectedEvent,
     RetrainOut,
     SegmentPolicy,
     SimilarItems,
@@ -76,8 +81,8 @@ from recloop.service.state import ServiceState, warm_up
 from recloop.service.visibility import blocked_items
 from recloop.store.artifacts import ArtifactError
 from recloop.store.cache import user_scope
-from recloop.store.events import ItemRecord, StoreError
-from recloop.store.privacy import Consent
+from recloop.store.events import EventRecord, ForeignUserError, ItemRecord, StoreError
+from recloop.store.privacy import Consent, UserOwner
 from recloop.store.slates import Impression, SlateRecord
 
 log = logging.getLogger("recloop.service")
@@ -230,6 +235,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
 
+    @app.exception_handler(ForeignUserError)
+    async def _foreign(request: Request, exc: ForeignUserError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=403)
+
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -276,18 +285,28 @@ def _add_routes(app: FastAPI) -> None:
         return Response(body, media_type=content_type)
 
     @app.post("/v1/events", response_model=EventsResult, responses=AUTH_RESPONSES, tags=["events"])
-    def post_events(batch: EventBatch, request: Request, _: Client) -> EventsResult:
+    def post_events(batch: EventBatch, request: Request, principal: Client) -> EventsResult:
         """Store a batch of events, answered only after they are committed.
 
         Each event is checked on its own: invalid ones are listed in ``rejected`` with the
         field at fault while the valid ones are stored. An ``event_id`` already stored is
-        counted in ``duplicates`` and not stored again, so a client may retry freely.
+        counted in ``duplicates`` and not stored again, so a client may retry freely. A
+        client key claims the batch's unowned users for its application; events about users
+        another application owns are rejected (field ``user_id``), the others stored.
         """
         state = service_state(request)
         valid, rejected, unknown = parse_events(
             batch.events, allowed_context=state.settings.context_allow_list
         )
-        result = state.store.add_events(valid) if valid else None
+        owner = principal.owner if principal.role == "client" else None
+        result = state.store.add_events(valid, owner=owner) if valid else None
+        if result is not None and owner is not None:
+            left_out = {*result.foreign, *result.refused}
+            if result.foreign:
+                rejected = _with_foreign(rejected, valid, set(result.foreign))
+            first = {event.event_id: event.user_id for event in reversed(valid)}
+            ours = {user for event_id, user in first.items() if event_id not in left_out}
+            state.owners.claimed(ours, owner)
         stored = result.stored if result else 0
         state.counters["events"].inc(stored)
         state.counters["rejected"].inc(len(rejected))
@@ -309,7 +328,7 @@ def _add_routes(app: FastAPI) -> None:
     async def recommendations(
         user_id: PathId,
         request: Request,
-        _: Client,
+        principal: Client,
         n: Annotated[int, Query(ge=1, le=MAX_RECOMMENDATIONS)] = 10,
         context: Annotated[str | None, Query(max_length=128)] = None,
         rerank: Annotated[
@@ -331,6 +350,7 @@ def _add_routes(app: FastAPI) -> None:
         # about a millisecond, and one request at a time per worker keeps the latency tail
         # short (threads would only contend for the GIL).
         state = service_state(request)
+        state.owners.check(principal, user_id)  # cached: no store read per request
         model = _model(state)
         token = state.cache.token()  # before any read: see _candidates
         personalised = user_id not in state.erased and state.consent.get(user_id).personalisation
@@ -419,9 +439,11 @@ def _add_routes(app: FastAPI) -> None:
         return _item_out(record)
 
     @app.post("/v1/users", response_model=Count, responses=AUTH_RESPONSES, tags=["users"])
-    def post_users(batch: UserBatch, request: Request, _: Client) -> Count:
+    def post_users(batch: UserBatch, request: Request, principal: Client) -> Count:
         """Add or replace users and their attributes; attributes outside the data policy's
-        allow-list (``RECLOOP_ALLOWED_USER_ATTRIBUTES``) are dropped and counted."""
+        allow-list (``RECLOOP_ALLOWED_USER_ATTRIBUTES``) are dropped and counted. A client
+        key claims the unowned users; if another application owns any, nothing is stored
+        (403)."""
         state = service_state(request)
         allowed = state.settings.user_attribute_allow_list
         rows, dropped = [], 0
@@ -431,7 +453,10 @@ def _add_routes(app: FastAPI) -> None:
                 kept = {k: v for k, v in user.attributes.items() if k in allowed}
                 dropped += len(user.attributes) - len(kept)
             rows.append((user.user_id, kept))
-        state.store.upsert_users(rows)
+        owner = principal.owner if principal.role == "client" else None
+        state.store.upsert_users(rows, owner=owner)
+        if owner is not None:
+            state.owners.claimed([user_id for user_id, _ in rows], owner)
         state.counters["unknown_fields"].inc(dropped)
         return Count(stored=len(rows), fields_dropped=dropped)
 
@@ -442,10 +467,12 @@ def _add_routes(app: FastAPI) -> None:
         tags=["users"],
     )
     def put_preferences(
-        user_id: PathId, body: Preferences, request: Request, _: Client
+        user_id: PathId, body: Preferences, request: Request, principal: Client
     ) -> Preferences:
-        """Replace a user's own controls (read by blending and re-ranking)."""
+        """Replace a user's own controls (read by blending and re-ranking); a client key
+        claims an unowned user."""
         state = service_state(request)
+        state.owners.check(principal, user_id, claim=True)
         state.store.set_preferences(user_id, body.preferences)
         return Preferences(preferences=state.store.get_preferences(user_id))
 
@@ -455,10 +482,11 @@ def _add_routes(app: FastAPI) -> None:
         responses=AUTH_RESPONSES,
         tags=["privacy"],
     )
-    def get_consent(user_id: PathId, request: Request, _: Client) -> ConsentBody:
+    def get_consent(user_id: PathId, request: Request, principal: Client) -> ConsentBody:
         """The user's consent (defaults: personalisation and training on, generative off)."""
-        value = service_state(request).privacy.consent(user_id)
-        return ConsentBody(**asdict(value))
+        state = service_state(request)
+        state.owners.check(principal, user_id)
+        return ConsentBody(**asdict(state.privacy.consent(user_id)))
 
     @app.put(
         "/v1/users/{user_id}/consent",
@@ -470,10 +498,37 @@ def _add_routes(app: FastAPI) -> None:
         user_id: PathId, body: ConsentBody, request: Request, principal: Client
     ) -> ConsentBody:
         """Replace the user's consent; every component honours it from the next request on
-        (training from the next training run). Audited."""
+        (training from the next training run). Audited. A client key claims an unowned
+        user."""
         state = service_state(request)
+        state.owners.check(principal, user_id, claim=True)
         state.consent.set(user_id, Consent(**body.model_dump()), f"key:{principal.key_id}")
         return ConsentBody(**asdict(state.privacy.consent(user_id)))
+
+    @app.get(
+        "/v1/users/{user_id}/owner",
+        response_model=OwnerOut,
+        responses=AUTH_RESPONSES,
+        tags=["privacy"],
+    )
+    def get_owner(user_id: PathId, request: Request, _: Admin) -> OwnerOut:
+        """The client application that acts for the user (null: nobody claimed them)."""
+        return _owner_out(user_id, service_state(request).privacy.owner(user_id))
+
+    @app.put(
+        "/v1/users/{user_id}/owner",
+        response_model=OwnerOut,
+        responses=AUTH_RESPONSES,
+        tags=["privacy"],
+    )
+    def put_owner(user_id: PathId, body: OwnerBody, request: Request, principal: Admin) -> OwnerOut:
+        """Give the user to another client application, or release them (``owner: null``);
+        every worker honours it at its next request. Audited."""
+        state = service_state(request)
+        changed = state.privacy.set_owner(user_id, body.owner, f"key:{principal.key_id}")
+        state.owners.forget(user_id)
+        state.cache.invalidate()  # every worker's ownership cache
+        return _owner_out(user_id, changed)
 
     @app.delete(
         "/v1/users/{user_id}",
@@ -655,6 +710,31 @@ def _add_routes(app: FastAPI) -> None:
         state.cache.invalidate()
         log.info("model version %s activated", version, extra={"key_id": principal.key_id})
         return list_models(request, principal)
+
+
+def _with_foreign(
+    rejected: list[RejectedEvent], valid: list[EventRecord], foreign: set[str]
+) -> list[RejectedEvent]:
+    """``rejected`` with the events the store left out because another client application
+    owns their user, at their index in the batch, in batch order."""
+    invalid = {r.index for r in rejected}
+    indices = (i for i in range(len(valid) + len(rejected)) if i not in invalid)
+    added = [
+        RejectedEvent(
+            index=index,
+            event_id=event.event_id,
+            errors=[FieldError(field="user_id", message=str(ForeignUserError([event.user_id])))],
+        )
+        for index, event in zip(indices, valid, strict=False)  # parse_events keeps the order
+        if event.event_id in foreign
+    ]
+    return sorted([*rejected, *added], key=lambda r: r.index)
+
+
+def _owner_out(user_id: str, owner: UserOwner | None) -> OwnerOut:
+    if owner is None:
+        return OwnerOut(user_id=user_id, owner=None, claimed_at=None)
+    return OwnerOut(user_id=user_id, owner=owner.owner, claimed_at=owner.claimed_at)
 
 
 def _unpersonalised(state: ServiceState, model: Any, user_id: str, n: int) -> Response:

@@ -8,6 +8,10 @@ one and revoking the old one (``revoked_at``); a revocation reaches every worker
 
 Roles: ``client`` keys read recommendations, explanations and similar items, write events,
 converse, and manage their own users' preferences and consent; ``admin`` keys do everything.
+Every key acts for a client application, its ``owner`` (by default its name): a client key
+reads and writes only the users its application owns or nobody has claimed yet
+(:mod:`recloop.service.owners`), and keys with the same owner share those users, so rotating
+a key keeps them.
 """
 
 from __future__ import annotations
@@ -83,11 +87,17 @@ def key_id_of(secret_key: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the key's id, its human name and its role."""
+    """Who is calling: the key's id, its human name, its role and the client application it
+    acts for (``owner``; empty: its name)."""
 
     key_id: str
     name: str
     role: str
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            object.__setattr__(self, "owner", self.name)
 
     def can(self, role: str) -> bool:
         """Whether this principal may do what ``role`` may: admins may do everything."""
@@ -162,7 +172,7 @@ class KeyCache:
             and hmac.compare_digest(record.key_hash, key_hash)
             and record.role in ROLES
         ):
-            found = Principal(key_id=record.key_id, name=record.name, role=record.role)
+            found = Principal(record.key_id, record.name, record.role, record.owner)
             revoked_at = record.revoked_at
         entry: _Entry = (now + self._ttl_s, found, revoked_at)
         with self._lock:

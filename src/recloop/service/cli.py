@@ -22,7 +22,8 @@ model_app = typer.Typer(
     help="Train, list and activate served model versions.", no_args_is_help=True
 )
 privacy_app = typer.Typer(
-    help="Users' consent, erasure, the audit log and retention purges.", no_args_is_help=True
+    help="Users' consent and owners, erasure, the audit log and retention purges.",
+    no_args_is_help=True,
 )
 
 HomeOption = typer.Option(
@@ -47,15 +48,20 @@ def _store(settings: Any) -> Any:
     return EventStore(settings.db_url)
 
 
-def create_key(store: Any, name: str, role: str) -> tuple[str, str]:
-    """A new key stored by its hash; returns ``(key_id, secret)`` (the secret is shown once)."""
+def create_key(store: Any, name: str, role: str, owner: str | None = None) -> tuple[str, str]:
+    """A new key stored by its hash; returns ``(key_id, secret)`` (the secret is shown once).
+
+    ``owner`` is the client application the key acts for (default: ``name``): keys with the
+    same owner read and write the same users."""
     from recloop.service.auth import ROLES, new_key
     from recloop.store.events import KeyRecord
 
     if role not in ROLES:
         raise ConfigError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if owner is not None and not owner.strip():
+        raise ConfigError("--owner must be a non-empty client application name")
     key_id, secret, key_hash = new_key()
-    store.add_key(KeyRecord(key_id, name, role, key_hash, time.time()))
+    store.add_key(KeyRecord(key_id, name, role, key_hash, time.time(), owner=owner or name))
     return key_id, secret
 
 
@@ -115,31 +121,42 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
     def keys_create(
         name: str = typer.Option(..., "--name", help="who or what the key is for"),
         role: str = typer.Option("client", "--role", help="client or admin"),
+        owner: str | None = typer.Option(
+            None,
+            "--owner",
+            help="the client application it acts for (default: --name); keys with the same "
+            "owner share their users",
+        ),
         home: Path | None = HomeOption,
         db: str | None = DbOption,
     ) -> None:
         """Create a key and print its secret (shown only this once; only its hash is kept)."""
         store = _store(_settings(home, db))
         try:
-            key_id, secret = create_key(store, name, role)
+            key_id, secret = create_key(store, name, role, owner)
         finally:
             store.close()
-        console.print(f"key {key_id} ({role}, {name}):")
+        console.print(f"key {key_id} ({role}, {name}, owner {owner or name}):")
         typer.echo(secret)
 
     @keys_app.command("list")
     @user_errors
     def keys_list(home: Path | None = HomeOption, db: str | None = DbOption) -> None:
-        """Every key: id, name, role, created, revoked (never the secret)."""
+        """Every key: id, name, role, owner, created, revoked (never the secret)."""
         store = _store(_settings(home, db))
         try:
             keys = store.list_keys()
         finally:
             store.close()
-        table = Table("key id", "name", "role", "created", "revoked")
+        table = Table("key id", "name", "role", "owner", "created", "revoked")
         for key in keys:
             table.add_row(
-                key.key_id, key.name, key.role, _when(key.created_at), _when(key.revoked_at)
+                key.key_id,
+                key.name,
+                key.role,
+                key.owner,
+                _when(key.created_at),
+                _when(key.revoked_at),
             )
         console.print(table)
 
@@ -165,13 +182,14 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         home: Path | None = HomeOption,
         db: str | None = DbOption,
     ) -> None:
-        """Replace a key by a new one with the same name and role; the old one is revoked."""
+        """Replace a key by a new one with the same name, role and owner (so the same users);
+        the old one is revoked."""
         store = _store(_settings(home, db))
         try:
             old = next((k for k in store.list_keys() if k.key_id == key_id), None)
             if old is None or old.revoked_at is not None:
                 raise ConfigError(f"no active key {key_id!r} (see `recloop keys list`)")
-            new_id, secret = create_key(store, old.name, old.role)
+            new_id, secret = create_key(store, old.name, old.role, old.owner)
             store.revoke_key(key_id, time.time())
         finally:
             store.close()
@@ -252,7 +270,8 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
 
 
 def _register_privacy(console: Any, user_errors: Any) -> None:
-    """``recloop privacy consent|erase|audit|purge`` (the same code as the service's routes)."""
+    """``recloop privacy consent|owner|erase|audit|purge`` (the same code as the service's
+    routes)."""
 
     @privacy_app.command("consent")
     @user_errors
@@ -297,6 +316,51 @@ def _register_privacy(console: Any, user_errors: Any) -> None:
                     cache.close()
                 now = log.consent(user)
             console.print_json(data={"user_id": user, **asdict(now)})
+        finally:
+            store.close()
+
+    @privacy_app.command("owner")
+    @user_errors
+    def privacy_owner(
+        user: str = typer.Argument(..., help="the user's id"),
+        set_to: str | None = typer.Option(
+            None, "--set", help="give the user to this client application (a key's owner)"
+        ),
+        release: bool = typer.Option(
+            False, "--release", help="release the user: the next client to write claims them"
+        ),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """Show which client application acts for a user, or reassign or release them."""
+        from dataclasses import asdict
+
+        from recloop.store.cache import open_cache
+        from recloop.store.privacy import PrivacyLog
+
+        if set_to is not None and release:
+            raise ConfigError("give either --set OWNER or --release, not both")
+        settings = _settings(home, db)
+        store = _store(settings)
+        try:
+            log = PrivacyLog(store)
+            if set_to is not None or release:
+                owners = {k.owner for k in store.list_keys() if k.revoked_at is None}
+                if set_to is not None and set_to not in owners:
+                    console.print(f"note: no active key acts for {set_to!r} yet")
+                log.set_owner(user, set_to, "cli")
+                cache = open_cache(
+                    settings.cache_url,
+                    namespace=settings.cache_namespace,
+                    generation_file=settings.generation_file,
+                )
+                try:  # running workers drop their ownership caches at once
+                    cache.invalidate()
+                finally:
+                    cache.close()
+            now = log.owner(user)
+            shown = asdict(now) if now else {"user_id": user, "owner": None, "claimed_at": None}
+            console.print_json(data=shown)
         finally:
             store.close()
 

@@ -297,6 +297,7 @@ def start_conversation(
     item text, the user's collaborative profile and the references' neighbours.
     """
     state = service_state(request)
+    state.owners.check(principal, body.user_id)  # their history is read: 403 for others
     conversation = Conversation.new(body.user_id, _new_id(body.user_id))
     return _turn(state, conversation, body.message, principal)
 

@@ -87,7 +87,7 @@ def explanation(
     slate_id: PathId,
     position: Annotated[int, Path(ge=0, lt=MAX_RECOMMENDATIONS)],
     request: Request,
-    _: Client,
+    principal: Client,
 ) -> ExplanationOut:
     """Why the item at ``position`` of slate ``slate_id`` was recommended.
 
@@ -102,6 +102,7 @@ def explanation(
             f"slate {slate_id!r} not found (yet): slates are logged within about a second of "
             "the recommendation; retry shortly",
         )
+    state.owners.check(principal, slate.user_id)  # another application's user: 403
     shown = next((imp for imp in slate.items if imp.position == position), None)
     if shown is None:
         raise HTTPException(

@@ -216,7 +216,7 @@ def event_id(user_id: str, item_id: str) -> str:
     responses={**AUTH_RESPONSES, 503: {"description": "No model version is active"}},
     tags=["onboarding"],
 )
-def onboard(body: OnboardingIn, request: Request, _: Client) -> OnboardingOut:
+def onboard(body: OnboardingIn, request: Request, principal: Client) -> OnboardingOut:
     """A synthetic starting profile and the first ``n`` recommendations for a new user.
 
     Liked items are never recommended back, nor hidden or unavailable items, nor anything
@@ -227,6 +227,8 @@ def onboard(body: OnboardingIn, request: Request, _: Client) -> OnboardingOut:
     """
 
     state = service_state(request)
+    # stored likes claim an unowned user; another application's user is refused (403)
+    state.owners.check(principal, body.user_id, claim=body.store_likes)
     serving = state.models.current()
     if serving is None:
         raise HTTPException(503, "no model version is active; train and activate one")

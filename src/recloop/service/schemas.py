@@ -120,7 +120,10 @@ class EventsResult(BaseModel):
     duplicates: int = Field(
         description="Events whose event_id was already stored: not stored again."
     )
-    rejected: list[RejectedEvent]
+    rejected: list[RejectedEvent] = Field(
+        description="Events not stored: invalid ones with the field at fault, and events "
+        "about users another client application owns (field 'user_id')."
+    )
     unknown_fields_dropped: int = Field(description="Fields no event schema knows, dropped.")
     refused_erased: int = Field(
         default=0, description="Events about erased users: refused by their tombstones."
@@ -380,6 +383,19 @@ class ConsentBody(BaseModel):
     personalisation: bool = Field(description="Off: non-personalised answers, labelled so.")
     training: bool = Field(description="Off: the user's events stay out of model training.")
     generative: bool = Field(description="Off: none of the user's data goes into a prompt.")
+
+
+class OwnerBody(_Body):
+    """Who acts for a user: a client application's name (a key's ``owner``), or null to
+    release the user (the next client application to write for them claims them)."""
+
+    owner: Identifier | None
+
+
+class OwnerOut(BaseModel):
+    user_id: str
+    owner: str | None = Field(description="The client application; null: nobody claimed them.")
+    claimed_at: float | None = Field(description="When it claimed them (or was given them).")
 
 
 class ErasureOut(BaseModel):

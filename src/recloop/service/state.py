@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter
 from recloop.service.auth import KeyCache
 from recloop.service.engine import ModelHolder
 from recloop.service.loop import LiveLoop, LoopUpdater, Retrainer, loop_config_from
+from recloop.service.owners import UserOwners
 from recloop.service.privacy import ConsentReader, ErasedUsers
 from recloop.service.ratelimit import RateLimiter
 from recloop.service.settings import ServiceSettings
@@ -40,6 +41,7 @@ class ServiceState:
     privacy: PrivacyLog
     erased: ErasedUsers
     consent: ConsentReader
+    owners: UserOwners
     counters: dict[str, Counter] = field(default_factory=dict)
     # Components other modules attach by name (the loop, the generative module), built once.
     extensions: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +104,7 @@ class ServiceState:
             privacy=privacy,
             erased=ErasedUsers(privacy, cache),
             consent=ConsentReader(privacy, cache),
+            owners=UserOwners(store, cache, unowned_ttl_s=settings.owner_cache_s),
             counters=counters,
         )
 

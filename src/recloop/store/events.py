@@ -12,6 +12,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -27,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from recloop.data.types import Catalog, EventKind
 from recloop.errors import RecloopError
-from recloop.store.schema import api_keys, events, items, tombstones, users
+from recloop.store.schema import api_keys, events, items, tombstones, user_owners, users
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 KEY_ROLES = ("client", "admin")
@@ -40,6 +41,21 @@ _MIGRATION_LOCK = threading.Lock()
 
 class StoreError(RecloopError):
     """The store can't do what was asked: unknown item, bad URL, unreachable database..."""
+
+
+class ForeignUserError(StoreError):
+    """A client key asked about users that another client application owns (the service
+    answers 403). The message names the users, never their owner."""
+
+    def __init__(self, user_ids: Sequence[str]) -> None:
+        self.user_ids = list(user_ids)
+        shown = ", ".join(repr(u) for u in self.user_ids[:5])
+        more = f" and {len(self.user_ids) - 5} more" if len(self.user_ids) > 5 else ""
+        which = "user {} belongs" if len(self.user_ids) == 1 else "users {} belong"
+        super().__init__(
+            f"{which.format(shown + more)} to another client application: this key may "
+            "neither read nor change their data"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +75,13 @@ class EventRecord:
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     """``stored`` new events; ``duplicates`` ids already stored or repeated in the batch;
-    ``refused`` ids of events about erased users."""
+    ``refused`` ids of events about erased users; ``foreign`` ids of events about users that
+    another client application owns."""
 
     stored: int
     duplicates: list[str]
     refused: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +122,9 @@ def item_records(catalog: Catalog) -> list[ItemRecord]:
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
-    """An API key: only the hex SHA-256 of its secret is stored."""
+    """An API key: only the hex SHA-256 of its secret is stored. ``owner`` names the client
+    application the key acts for (empty: the key's name); keys with the same owner act for
+    the same users, so a rotated key keeps its predecessor's users."""
 
     key_id: str
     name: str
@@ -112,6 +132,11 @@ class KeyRecord:
     key_hash: str
     created_at: float
     revoked_at: float | None = None
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            object.__setattr__(self, "owner", self.name)
 
 
 _ITEM_FIELDS = frozenset(f.name for f in fields(ItemRecord)) - {"item_id"}
@@ -176,28 +201,35 @@ class EventStore:
         return f"EventStore({self.url!r})"
 
     # ------------------------------------------------------------------ events
-    def add_events(self, batch: Sequence[EventRecord]) -> IngestResult:
+    def add_events(self, batch: Sequence[EventRecord], *, owner: str | None = None) -> IngestResult:
         """Store new events in one committed transaction; known or repeated ids are skipped,
-        and so are the events of erased users (``refused``: their tombstones reject replays)."""
+        and so are the events of erased users (``refused``: their tombstones reject replays).
+
+        With ``owner`` (a client key's application), the batch's unowned users are claimed for
+        it in the same transaction and events about users another application owns are left
+        out (``foreign``); without, ownership is neither checked nor claimed (admin keys,
+        imports).
+        """
         first: dict[str, int] = {}
         for index, event in enumerate(batch):
             first.setdefault(event.event_id, index)
         stored: set[str] = set()
         refused: list[str] = []
+        foreign: list[str] = []
         if first:
             with self._transaction() as conn:
                 self.guard_against_erasure(conn)
                 users_in_batch = sorted({batch[index].user_id for index in first.values()})
-                erased: set[str] = set()
-                for start in range(0, len(users_in_batch), _CHUNK):
-                    chunk = users_in_batch[start : start + _CHUNK]
-                    erased.update(
-                        conn.execute(
-                            sa.select(tombstones.c.user_id).where(tombstones.c.user_id.in_(chunk))
-                        ).scalars()
-                    )
-                keep = [i for i in first.values() if batch[i].user_id not in erased]
+                erased, owners = self._user_states(conn, users_in_batch)
+                others: set[str] = set()
+                if owner is not None:
+                    alive = [user for user in users_in_batch if user not in erased]
+                    owners = self._claim(conn, alive, owner, owners)
+                    others = {user for user, holder in owners.items() if holder != owner}
+                skipped = erased | others
+                keep = [i for i in first.values() if batch[i].user_id not in skipped]
                 refused = [batch[i].event_id for i in first.values() if batch[i].user_id in erased]
+                foreign = [batch[i].event_id for i in first.values() if batch[i].user_id in others]
                 if keep:
                     rows = [_event_row(batch[index]) for index in keep]
                     insert: postgresql.Insert | sqlite.Insert
@@ -210,14 +242,16 @@ class EventStore:
                     insert = insert.on_conflict_do_nothing(index_elements=["event_id"])
                     result = conn.execute(insert.returning(events.c.event_id), params)
                     stored.update(result.scalars())
-        refused_set = set(refused)
+        left_out = {*refused, *foreign}
         duplicates = [
             event.event_id
             for index, event in enumerate(batch)
-            if event.event_id not in refused_set
+            if event.event_id not in left_out
             and (first[event.event_id] != index or event.event_id not in stored)
         ]
-        return IngestResult(stored=len(stored), duplicates=duplicates, refused=refused)
+        return IngestResult(
+            stored=len(stored), duplicates=duplicates, refused=refused, foreign=foreign
+        )
 
     def history(
         self, user_id: str, *, until: float | None = None
@@ -371,8 +405,14 @@ class EventStore:
             return {item: int(n) for item, n in conn.execute(query)}
 
     # ------------------------------------------------------------------ users
-    def upsert_users(self, batch: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Insert users or replace their attributes; their preferences are kept."""
+    def upsert_users(
+        self, batch: Sequence[tuple[str, dict[str, Any]]], *, owner: str | None = None
+    ) -> None:
+        """Insert users or replace their attributes; their preferences are kept.
+
+        With ``owner``, the unowned users are claimed for it first, in the same transaction;
+        if another application owns any of them, nothing is stored (:class:`ForeignUserError`).
+        """
         rows = [
             {"user_id": user_id, "attributes": _to_json(attributes, "user attributes")}
             for user_id, attributes in dict(batch).items()
@@ -384,6 +424,12 @@ class EventStore:
             index_elements=["user_id"], set_={"attributes": insert.excluded.attributes}
         )
         with self._transaction() as conn:
+            if owner is not None:
+                self.guard_against_erasure(conn)
+                owners = self._claim(conn, [row["user_id"] for row in rows], owner)
+                others = sorted(user for user, holder in owners.items() if holder != owner)
+                if others:
+                    raise ForeignUserError(others)  # rolls the claims back too
             conn.execute(insert, rows)
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
@@ -408,6 +454,75 @@ class EventStore:
         with self._transaction(write=False) as conn:
             text = conn.execute(_PREFERENCES, {"user_id": user_id}).scalar_one_or_none()
         return {} if text is None else dict(json.loads(text))
+
+    # ------------------------------------------------------------------ ownership
+    def user_owners(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """The owners of those of ``user_ids`` that a client application claimed."""
+        with self._transaction(write=False) as conn:
+            return self._owners(conn, list(dict.fromkeys(user_ids)))
+
+    def claim_users(self, user_ids: Sequence[str], owner: str) -> dict[str, str]:
+        """Claim the unowned ones of ``user_ids`` for ``owner``; every one's owner afterwards.
+
+        Insert-if-absent: of claims racing for one user, in any number of processes, exactly
+        one wins and the others get its owner back.
+        """
+        with self._transaction() as conn:
+            self.guard_against_erasure(conn)
+            return self._claim(conn, list(dict.fromkeys(user_ids)), owner)
+
+    def _user_states(
+        self, conn: sa.Connection, user_ids: Sequence[str]
+    ) -> tuple[set[str], dict[str, str]]:
+        """Which of ``user_ids`` were erased, and the owners of the claimed ones: one query
+        whatever their number, the ids bound as one array (an IN list of a thousand
+        placeholders costs more to build and parse than to run)."""
+        if not user_ids:
+            return set(), {}
+        ids: list[str] | str = list(user_ids)
+        if self.dialect != "postgresql":
+            ids = json.dumps(ids)
+        query = _USER_STATES[self.dialect]
+        erased: set[str] = set()
+        owners: dict[str, str] = {}
+        for user, owner, tombstone in conn.execute(query, {"user_ids": ids}):
+            if tombstone is not None:
+                erased.add(user)
+            if owner is not None:
+                owners[user] = owner
+        return erased, owners
+
+    def _owners(self, conn: sa.Connection, user_ids: Sequence[str]) -> dict[str, str]:
+        return self._user_states(conn, user_ids)[1]
+
+    def _claim(
+        self,
+        conn: sa.Connection,
+        user_ids: Sequence[str],
+        owner: str,
+        owners: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        """The users' owners after claiming the unowned ones for ``owner`` (``owners``: their
+        owners already read in this transaction): an insert only when some are new, so the
+        common case only reads."""
+        owners = self._owners(conn, user_ids) if owners is None else owners
+        # in one order everywhere: two PostgreSQL claims of the same new users cannot deadlock
+        unowned = sorted(user for user in user_ids if user not in owners)
+        if not unowned:
+            return owners
+        now = time.time()
+        insert = (
+            self._insert(user_owners)
+            .on_conflict_do_nothing(index_elements=["user_id"])
+            .returning(user_owners.c.user_id)
+        )
+        rows = [{"user_id": user, "owner": owner, "claimed_at": now} for user in unowned]
+        won = set(conn.execute(insert, rows).scalars())
+        owners.update((user, owner) for user in won)
+        lost = [user for user in unowned if user not in won]  # claimed meanwhile by someone
+        if lost:
+            owners.update(self._owners(conn, lost))
+        return owners
 
     # ------------------------------------------------------------------ API keys
     def add_key(self, record: KeyRecord) -> None:
@@ -615,6 +730,31 @@ def _postgres_batch_insert() -> postgresql.Insert:
 _POSTGRES_BATCH_INSERT = _postgres_batch_insert()
 
 
+def _user_states_query(dialect: str) -> sa.Select[Any]:
+    """``(user_id, owner, tombstone)`` of each given user that is owned or erased, the ids
+    bound as one parameter ``user_ids``: a text array on PostgreSQL, a JSON array on SQLite."""
+    given: Any
+    if dialect == "postgresql":
+        ids = sa.bindparam("user_ids", type_=postgresql.ARRAY(sa.String))
+        given = sa.func.unnest(ids).table_valued("user_id").render_derived(name="given")
+        user_id = given.c.user_id
+    else:
+        given = sa.func.json_each(sa.bindparam("user_ids")).table_valued("value")
+        user_id = given.c.value
+    return (
+        sa.select(user_id, user_owners.c.owner, tombstones.c.user_id)
+        .select_from(
+            given.outerjoin(user_owners, user_owners.c.user_id == user_id).outerjoin(
+                tombstones, tombstones.c.user_id == user_id
+            )
+        )
+        .where(sa.or_(user_owners.c.user_id.is_not(None), tombstones.c.user_id.is_not(None)))
+    )
+
+
+_USER_STATES = {dialect: _user_states_query(dialect) for dialect in ("postgresql", "sqlite")}
+
+
 def _event_row(event: EventRecord) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
@@ -664,4 +804,5 @@ def _key_row(record: KeyRecord) -> dict[str, Any]:
         "key_hash": record.key_hash,
         "created_at": float(record.created_at),
         "revoked_at": None if record.revoked_at is None else float(record.revoked_at),
+        "owner": record.owner,
     }

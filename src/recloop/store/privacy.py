@@ -4,10 +4,13 @@
   labelled so), ``training`` (off: the user's events are left out of every training
   snapshot), ``generative`` (off: none of the user's data goes into any prompt). A user who
   never said anything has :data:`DEFAULT_CONSENT`.
+- **Ownership**: the client application that acts for a user (the first one to write for
+  them claims them, :meth:`EventStore.claim_users`); an admin reassigns or releases it with
+  :meth:`PrivacyLog.set_owner`.
 - **Erasure**: :meth:`PrivacyLog.erase_user` deletes, in one transaction, the user's events,
-  profile and preferences, consent, and every slate shown to them, and writes a tombstone that
-  makes the store refuse any later event for that id (a replayed batch cannot bring them
-  back). Caches and models are the service's part (:mod:`recloop.service.privacy`).
+  profile and preferences, consent, ownership, and every slate shown to them, and writes a
+  tombstone that makes the store refuse any later event for that id (a replayed batch cannot
+  bring them back). Caches and models are the service's part (:mod:`recloop.service.privacy`).
 - **Audit log**: who asked for what about whom, and when it completed.
 """
 
@@ -30,6 +33,7 @@ from recloop.store.schema import (
     impressions,
     slates,
     tombstones,
+    user_owners,
     users,
 )
 
@@ -59,6 +63,16 @@ class Erasure:
     impressions: int
     profile: bool
     consent: bool
+    ownership: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserOwner:
+    """The client application that acts for a user, since when."""
+
+    user_id: str
+    owner: str
+    claimed_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +119,36 @@ class PrivacyLog:
             query = sa.select(consent.c.user_id).where(consent.c.training.is_(False))
             return set(conn.execute(query).scalars())
 
+    # ------------------------------------------------------------------ ownership
+    def owner(self, user_id: str) -> UserOwner | None:
+        """Who owns the user; None while no client application has claimed them."""
+        query = sa.select(user_owners).where(user_owners.c.user_id == user_id)
+        with self.store.transaction(write=False) as conn:
+            row = conn.execute(query).first()
+        return None if row is None else UserOwner(row.user_id, row.owner, row.claimed_at)
+
+    def set_owner(self, user_id: str, owner: str | None, actor: str) -> UserOwner | None:
+        """Give the user to ``owner``, or release them (None: the next client application to
+        write for them claims them); audited with the previous owner."""
+        if owner is not None and not owner.strip():
+            raise ConfigError("an owner must be a non-empty client application name")
+        now = time.time()
+        with self.store.transaction() as conn:
+            self.store.guard_against_erasure(conn)
+            query = sa.select(user_owners.c.owner).where(user_owners.c.user_id == user_id)
+            previous = conn.execute(query.with_for_update()).scalar_one_or_none()
+            if owner is None:
+                conn.execute(sa.delete(user_owners).where(user_owners.c.user_id == user_id))
+            else:
+                insert = self.store.insert(user_owners)
+                upsert = insert.on_conflict_do_update(
+                    index_elements=["user_id"],
+                    set_={"owner": insert.excluded.owner, "claimed_at": insert.excluded.claimed_at},
+                )
+                conn.execute(upsert, {"user_id": user_id, "owner": owner, "claimed_at": now})
+            _audit(conn, now, actor, "owner", user_id, {"owner": owner, "previous": previous})
+        return None if owner is None else UserOwner(user_id, owner, now)
+
     # ------------------------------------------------------------------ erasure
     def erase_user(self, user_id: str, actor: str) -> Erasure:
         """Delete everything stored about ``user_id`` and leave a tombstone (one transaction)."""
@@ -129,6 +173,9 @@ class PrivacyLog:
             had_consent = conn.execute(
                 sa.delete(consent).where(consent.c.user_id == user_id)
             ).rowcount
+            owned = conn.execute(
+                sa.delete(user_owners).where(user_owners.c.user_id == user_id)
+            ).rowcount
             tomb = self.store.insert(tombstones).on_conflict_do_update(
                 index_elements=["user_id"], set_={"erased_at": now}
             )
@@ -141,6 +188,7 @@ class PrivacyLog:
                 impressions=shown,
                 profile=bool(profile),
                 consent=bool(had_consent),
+                ownership=bool(owned),
             )
             detail = {k: v for k, v in asdict(erasure).items() if k != "user_id"}
             _audit(conn, time.time(), actor, "erasure-stored-data-deleted", user_id, detail)

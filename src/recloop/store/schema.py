@@ -160,3 +160,15 @@ bandit_history = sa.Table(
     sa.Column("segment", sa.String, nullable=False),
     sa.Column("probabilities", sa.Text, nullable=False),  # JSON {arm name: probability}
 )
+
+# Ownership (migration 0005): every key acts for a client application (its ``owner``), and a
+# client key reads and writes only the users its application claimed (or nobody has yet).
+api_keys.append_column(sa.Column("owner", sa.Text, nullable=False))
+
+user_owners = sa.Table(
+    "user_owners",
+    metadata,
+    sa.Column("user_id", sa.String, primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("claimed_at", sa.Double, nullable=False),
+)
