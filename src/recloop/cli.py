@@ -776,10 +776,12 @@ _register_engine_commands()
 
 
 def _register_generative_commands() -> None:
-    from recloop.generative import cli_explain, cli_review
+    from recloop.generative import cli_chat, cli_explain, cli_onboard, cli_review
 
     cli_explain.register(app, console, user_errors)
     cli_review.register(app, console, user_errors)
+    cli_chat.register(app, console, user_errors)
+    cli_onboard.register(app, console, user_errors)
 
 
 _register_generative_commands()

@@ -44,13 +44,15 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
 
         if backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        data = _dataset(dataset, console)
+        data = load_dataset(dataset, console)
         if data.catalog is None:
             raise RecloopError(f"{dataset} has no catalogue: explanations need item titles")
         user_row(data, user)  # before training: a wrong id fails fast
-        fitted = _model(model, load, data, console)
+        fitted = fit_or_load_model(model, load, data, console)
         facts = catalog_facts(data.catalog)
-        explainer = Explainer(_generator(backend), FaithfulnessChecker.from_items(facts.values()))
+        explainer = Explainer(
+            text_generator_for(backend), FaithfulnessChecker.from_items(facts.values())
+        )
         with console.status("explaining"):
             rows = explain_user(fitted, data, user, n, explainer, consent=consent)
         if as_json:
@@ -106,7 +108,8 @@ def user_row(data: Any, user: str) -> int:
     return int(users.index([user])[0])
 
 
-def _dataset(name: str, console: Any) -> Any:
+def load_dataset(name: str, console: Any) -> Any:
+    """The named dataset (ml-100k, ml-1m or synthetic), with a spinner while it loads."""
     with console.status(f"loading {name}"):
         if name == "ml-100k":
             from recloop.datasets import movielens_100k
@@ -123,7 +126,8 @@ def _dataset(name: str, console: Any) -> Any:
     raise ConfigError(f"--dataset must be ml-100k, ml-1m or synthetic, not {name!r}")
 
 
-def _model(name: str, load: Path | None, data: Any, console: Any) -> Any:
+def fit_or_load_model(name: str, load: Path | None, data: Any, console: Any) -> Any:
+    """The model saved at ``load``, or ``name`` fitted on all of ``data``."""
     from recloop.models.registry import build_model, model_class
 
     if load is not None:
@@ -141,7 +145,8 @@ def _model(name: str, load: Path | None, data: Any, console: Any) -> Any:
         return build_model(name).fit(data.interactions, data.catalog, data.users)
 
 
-def _generator(backend: str) -> Any:
+def text_generator_for(backend: str) -> Any:
+    """The text generator for ``--backend`` (its settings from the environment)."""
     from recloop.generative.backends import GeneratorConfig, build_generator
 
     config = GeneratorConfig.from_env()

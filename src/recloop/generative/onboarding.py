@@ -62,7 +62,7 @@ _STOPWORD_TEXT = (
     "when which who will with you your films film movies movie watch watched some"
 )
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-_GENRE_ALIASES = {
+GENRE_ALIASES = {
     "scifi": "sci-fi",
     "science fiction": "sci-fi",
     "sci fi": "sci-fi",
@@ -275,7 +275,7 @@ def parse_answers(text: str, known_genres: Sequence[str]) -> ProfileAnswers:
     for key, genre in by_key.items():
         if f" {key.replace('-', ' ')} " in lowered or f" {key.replace('-', '')} " in lowered:
             found.append(genre)
-    for alias, target in _GENRE_ALIASES.items():
+    for alias, target in GENRE_ALIASES.items():
         aliased = by_key.get(target)
         if aliased is not None and f" {alias} " in lowered and aliased not in found:
             found.append(aliased)
@@ -389,7 +389,7 @@ class Onboarding:
             known = {_genre_key(g): g for g in self.known_genres()}
             wanted = set()
             for genre in answers.genres:
-                key = _GENRE_ALIASES.get(_genre_key(genre), _genre_key(genre))
+                key = GENRE_ALIASES.get(_genre_key(genre), _genre_key(genre))
                 if key not in known:
                     raise OnboardingError(
                         f"unknown genre {genre!r} (known: {', '.join(sorted(known.values()))})"
