@@ -31,10 +31,12 @@ from scipy import stats
 from recloop.errors import ConfigError, DataError
 
 __all__ = [
+    "check_candidates",
     "exposure_fair_rerank",
     "fair_prefix_minimums",
     "min_exposure_rerank",
     "popularity_debias",
+    "row_spread",
 ]
 
 DebiasMode = Literal["log", "ips"]
@@ -80,12 +82,12 @@ def popularity_debias(
         weight = np.power(pop, -strength).astype(np.float32)
         out = s * weight[None, :]
     else:
-        sigma = _row_spread(s, finite)
+        sigma = row_spread(s, finite)
         out = (s - strength * sigma * np.log(pop)[None, :]).astype(np.float32)
     return np.where(finite, out, s).astype(np.float32)
 
 
-def _row_spread(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def row_spread(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Per-row standard deviation of the masked entries, as a column; 1 where it is 0 or empty."""
     filled = np.where(mask, values, 0.0).astype(np.float64)
     count = np.maximum(mask.sum(axis=1, keepdims=True), 1)
@@ -115,9 +117,11 @@ def fair_prefix_minimums(k: int, share: float, alpha: float | None = None) -> np
     return np.asarray(stats.binom.ppf(alpha, prefix, share), dtype=np.int64)
 
 
-def _check_candidates(
+def check_candidates(
     candidates: np.ndarray, scores: np.ndarray | None, k: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A re-ranker's ``(candidates, scores)`` checked (2-D, same shape, ``k`` sensible) and
+    returned as arrays; :class:`~recloop.errors.DataError` or ``ConfigError`` otherwise."""
     items = np.asarray(candidates)
     if items.ndim != 2:
         raise DataError(f"candidates must be a 2-D (users, C) array, not shape {items.shape}")
@@ -169,7 +173,7 @@ def exposure_fair_rerank(
     first ``k`` candidates unchanged. Returns ``(n, k)`` items and their scores (−inf when
     ``scores`` is not given, and for padding).
     """
-    items, s = _check_candidates(candidates, scores, k)
+    items, s = check_candidates(candidates, scores, k)
     mask = np.asarray(protected, dtype=bool)
     if mask.ndim != 1:
         raise DataError("protected must be a 1-D boolean mask over items")
@@ -236,7 +240,7 @@ def min_exposure_rerank(
     """
     strength = _check_strength(strength)
     max_share = _check_strength(max_share, "max_share")
-    items, s = _check_candidates(candidates, scores, k)
+    items, s = check_candidates(candidates, scores, k)
     assert s is not None
     if n_items < 1:
         raise ConfigError(f"n_items must be positive, not {n_items}")
@@ -260,7 +264,7 @@ def min_exposure_rerank(
     # the relevance each row gives up per candidate beyond its first k, in units of its spread
     kth = np.where(valid[:, :k], s[:, :k], np.inf).min(axis=1, keepdims=True)
     with np.errstate(invalid="ignore"):
-        cost = (kth - np.where(valid, s, 0.0)[:, k:]) / _row_spread(s, valid)
+        cost = (kth - np.where(valid, s, 0.0)[:, k:]) / row_spread(s, valid)
     rows, cols = np.nonzero(valid[:, k:] & (exposure[np.maximum(items[:, k:], 0)] < minimum))
     order = np.lexsort((cols, rows, cost[rows, cols]))
     swaps = np.zeros(n, dtype=np.int64)
