@@ -136,3 +136,20 @@ def test_pregenerate_fills_the_cache_off_the_request_path() -> None:
     assert served.cached and cache.hits == 1
     with pytest.raises(ConfigError, match="cache"):
         pregenerate(slates, Explainer(TemplateGenerator(), CHECKER))
+
+
+def test_pregenerate_sends_a_local_model_batches_of_distinct_items() -> None:
+    from .test_explain import BatchLLM
+
+    toy = "Because you watched Aladdin, you may like Toy Story: both are animated comedies."
+    heat = "Because you watched Aladdin, you may like Heat."
+    llm = BatchLLM({"a": [toy], "c": [heat]})
+    explainer = Explainer(llm, CHECKER, cache=ExplanationCache())
+    slates = [[evidence("a", ["b"]), evidence("c", ["b"])], [evidence("a", ["b"])]]
+    report = pregenerate(slates, explainer, chunk=8)
+    # one batch of the two distinct items; the repeated one comes from the first's result
+    assert llm.batches == [2]
+    assert (report.items, report.generated, report.already_cached) == (3, 2, 1)
+    assert pregenerate(slates, explainer).already_cached == 3 and llm.batches == [2]
+    with pytest.raises(ConfigError, match="chunk"):
+        pregenerate(slates, explainer, chunk=0)

@@ -230,6 +230,69 @@ def test_explanations_are_cached_by_content() -> None:
     assert not failing.explain(other).cached
 
 
+class BatchLLM:
+    """Answers each request by what its evidence names, in batches, counting the calls."""
+
+    name = "batched"
+    hosted = False
+    model = "batched-1"
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers  # item id -> its texts, attempt by attempt
+        self.batches: list[int] = []
+        self.seen: dict[str, int] = {}
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        self.batches.append(len(requests))
+        return [self.generate(r) for r in requests]
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        item = str(request.evidence["item"]["item_id"])
+        n = self.seen[item] = self.seen.get(item, 0) + 1
+        text = self.answers[item][min(n, len(self.answers[item])) - 1]
+        return Generation(text=text, backend=self.name, model=self.model)
+
+    def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
+        raise GenerationError("no scoring")
+
+
+def test_explain_many_batches_attempt_rounds_and_matches_explain() -> None:
+    toy, lion = toy_evidence(), build_evidence("lion", ["ala"], FACTS, source="EASE")
+    good_lion = "Because you watched Aladdin, you may like The Lion King."
+    answers = {"toy": [BAD, GOOD], "lion": [good_lion]}
+    llm = BatchLLM(answers)
+    cache = ExplanationCache()
+    many = Explainer(llm, CHECKER, cache=cache).explain_many([toy, lion, toy])
+    # round one sends the two distinct items, round two only the unfaithful toy; the
+    # second toy is a copy of the first, served from its result
+    assert llm.batches == [2, 1]
+    assert many[2].text == many[0].text and many[2].cached and not many[0].cached
+    one_by_one = [Explainer(BatchLLM(answers), CHECKER).explain(e) for e in (toy, lion)]
+    for got, want in zip(many[:2], one_by_one, strict=True):
+        assert (got.text, got.attempt_faithful, got.fallback_used) == (
+            want.text,
+            want.attempt_faithful,
+            want.fallback_used,
+        )
+    assert many[0].text == GOOD and many[1].text == good_lion
+    # finished explanations land in the cache: a second call generates nothing
+    again = Explainer(llm, CHECKER, cache=cache).explain_many([toy, lion])
+    assert all(r.cached for r in again) and llm.batches == [2, 1]
+
+
+def test_explain_many_falls_back_per_item_and_honours_consent() -> None:
+    toy = toy_evidence()
+    never = BatchLLM({"toy": [BAD]})
+    [result] = Explainer(never, CHECKER, max_attempts=2).explain_many([toy])
+    assert result.fallback_used and result.reason == "unfaithful" and never.batches == [1, 1]
+    assert result.text == render_explanation(toy)
+    hosted = HostedLLM(GOOD)
+    [refused] = Explainer(hosted, CHECKER).explain_many([toy])
+    assert refused.reason == "consent" and not hosted.requests
+    failing = Explainer(FailingLLM(), CHECKER).explain_many([toy])
+    assert failing[0].reason == "error" and failing[0].faithful
+
+
 def test_bad_configuration_is_an_error() -> None:
     with pytest.raises(GenerationError, match="max_attempts"):
         Explainer(TemplateGenerator(), CHECKER, max_attempts=0)

@@ -158,6 +158,30 @@ def test_the_wall_clock_timeout_stops_generation(tiny_path: Path, tiny: Transfor
     assert slow.generate(ask(max_tokens=200)).finish_reason == "timeout"
 
 
+def test_batched_generation_matches_one_at_a_time_in_order(tiny_path: Path) -> None:
+    llm = TransformersLLM(tiny_path, batch_size=2).load()
+    prompts = [
+        (Message("user", "Suggest one film."),),
+        MESSAGES,
+        (Message("user", "A tense thriller or a quiet drama? Suggest one film, please."),),
+    ]
+    requests = [
+        GenerationRequest(task="explanation", evidence={}, messages=m, max_tokens=n)
+        for m, n in zip(prompts, (7, 12, 4), strict=True)
+    ]
+    batched = llm.generate_batch(requests)
+    single = [llm.generate(r) for r in requests]
+    # prompts of different lengths are left-padded into batches of two; each request keeps
+    # its own max_tokens, and results come back in the order asked
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert [g.completion_tokens for g in batched] == [7, 12, 4]
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
+    assert all(g.finish_reason == "length" for g in batched)
+    assert llm.generate_batch([]) == []
+    with pytest.raises(GenerationError, match="max_tokens must be at least 1"):
+        llm.generate_batch([requests[0], ask(max_tokens=0)])
+
+
 def test_sampling_when_asked(tiny: TransformersLLM) -> None:
     out = tiny.generate(ask(max_tokens=6, temperature=1.0))
     assert out.metadata["sampled"] is True and out.completion_tokens == 6

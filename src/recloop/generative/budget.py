@@ -29,7 +29,7 @@ from recloop.errors import ConfigError
 from recloop.generative.evidence import Evidence
 
 if TYPE_CHECKING:
-    from recloop.generative.explain import Explainer
+    from recloop.generative.explain import Explainer, Explanation
 
 ENV_PREFIX = "RECLOOP_EXPLAIN_"
 DEFAULT_CACHE_TTL_S = 24 * 3600.0
@@ -317,33 +317,49 @@ def pregenerate(
     use_llm: bool = True,
     consent: bool = False,
     budget: Callable[[], Budget] | None = None,
+    chunk: int = 256,
 ) -> PregenerationReport:
     """Explain every item of precomputed ``slates`` into the explainer's cache.
 
     Run it off the request path (a batch job, a background thread) after slates are
     precomputed; ``use_llm`` and ``consent`` are what requests for these slates will pass, so
     the entries land under the keys those requests look up. ``budget`` makes a fresh
-    :class:`Budget` per item (unlimited when None).
+    :class:`Budget` per item; without one (the default) items go to the explainer
+    ``chunk`` at a time through :meth:`Explainer.explain_many`, which a local model decodes
+    in batches.
     """
     if explainer.cache is None:
         raise ConfigError("pregenerate needs an Explainer with a cache to fill")
+    if chunk < 1:
+        raise ConfigError(f"chunk must be at least 1, not {chunk}")
     started = time.perf_counter()
     n_slates = n_items = cached = generated = fallbacks = 0
-    for slate in slates:
-        n_slates += 1
-        for evidence in slate:
-            n_items += 1
-            result = explainer.explain(
-                evidence,
-                use_llm=use_llm,
-                consent=consent,
-                budget=budget() if budget is not None else None,
-            )
+    waiting: list[Evidence] = []
+
+    def count(results: Iterable[Explanation]) -> None:
+        nonlocal cached, generated, fallbacks
+        for result in results:
             if result.cached:
                 cached += 1
             else:
                 generated += 1
                 fallbacks += result.fallback_used
+
+    for slate in slates:
+        n_slates += 1
+        for evidence in slate:
+            n_items += 1
+            if budget is not None:
+                count(
+                    [explainer.explain(evidence, use_llm=use_llm, consent=consent, budget=budget())]
+                )
+                continue
+            waiting.append(evidence)
+            if len(waiting) >= chunk:
+                count(explainer.explain_many(waiting, use_llm=use_llm, consent=consent))
+                waiting = []
+    if waiting:
+        count(explainer.explain_many(waiting, use_llm=use_llm, consent=consent))
     return PregenerationReport(
         slates=n_slates,
         items=n_items,

