@@ -1,6 +1,7 @@
 """Feedback loop in the simulator: a per-segment bandit over blend weights vs static blends.
 
-python bench/bench_loop_simulate.py     # writes bench/results/loop_simulate.json
+python bench/bench_loop_simulate.py                 # writes bench/results/loop_simulate.json
+python bench/bench_loop_simulate.py --caches-only   # only the cache part, merged into it
 
 Simulated users click the item at position j with probability σ(affinity) / log2(j + 1); the
 affinity is hidden (planted synthetic tastes, or an oracle EASE fitted on all of MovieLens-100K
@@ -9,20 +10,27 @@ that is never a candidate source). Candidate sources are EASE and Popular fitted
 every fixed arm they are compared with, read the same users and the same uniforms per (round,
 user, position): common random numbers. The bandit's logs then estimate the equal-weight
 blend off-policy (IPS, SNIPS), checked against that blend's own simulated CTR.
+
+The cache part reruns MovieLens-100K seed 0's standard policies with
+recloop.engine.sim_caches.CacheAccounting watching: what the service's candidate cache and
+explanation cache (cold, and with each round's slates pregenerated) would hit. The clicks are
+checked to be the same as in the run without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recloop.benchmark import BenchRecord, make_record, write_results
+from recloop.benchmark import BenchRecord, make_record, read_results, write_results
 from recloop.data.synthetic import SyntheticConfig, generate
 from recloop.engine.bandit import BanditConfig
 from recloop.engine.offpolicy import ips, snips
+from recloop.engine.sim_caches import CacheAccounting
 from recloop.engine.simulator import (
     BanditBlend,
     Policy,
@@ -41,6 +49,8 @@ TARGET_PROB = 0.8
 SYNTHETIC = SyntheticConfig()  # data seed = run seed
 SYNTHETIC_NAME = f"synthetic-u{SYNTHETIC.n_users}-i{SYNTHETIC.n_items}-n{SYNTHETIC.n_interactions}"
 OPE_FIRST_SEED = 1000  # the bandit seeds of the off-policy check start here
+CACHES_SEED = 0  # the MovieLens run the cache part watches
+CACHES_SUFFIX = " (caches)"  # the cache part's records are "<policy> (caches)"
 EXTRA_REWARDS: tuple[Reward, ...] = (
     "any_click",
     "ctr",
@@ -183,6 +193,44 @@ def run_one(
     return records
 
 
+def cache_part(
+    setup: Setup, rounds: int, users: int, checks: list[BenchRecord]
+) -> list[BenchRecord]:
+    """MovieLens seed 0's standard policies with the cache accounting watching; ``checks``
+    are that run's records without it, whose clicks must be the same."""
+    sim = Simulator(setup.population, setup.sources, setup.train, seed=CACHES_SEED)
+    pols = standard_policies(sim.source_names, CACHES_SEED)
+    accounting = CacheAccounting.for_setup(setup)
+    began = time.perf_counter()
+    result = sim.run(pols, rounds, users, observer=accounting)
+    seconds = time.perf_counter() - began
+    clicks = {r.model: r.metrics["clicks"] for r in checks if "clicks" in r.metrics}
+    records = []
+    for name, rates in accounting.rates().items():
+        got = float(result.policies[name].clicks.sum())
+        if clicks.get(name) != got:  # the accounting only watches: the same clicks
+            raise SystemExit(f"{name}: {got:.0f} clicks watched, {clicks.get(name)} in the run")
+        metrics = {k: float(v) for k, v in rates.to_dict().items() if not isinstance(v, bool)}
+        metrics |= {"ctr": result.policies[name].ctr, "clicks": got}
+        metrics["pregenerated_per_explanation"] = rates.pregenerated / max(1, rates.explanations)
+        rec = make_record(
+            dataset="ml-100k",
+            protocol="all",
+            seed=CACHES_SEED,
+            model=name + CACHES_SUFFIX,
+            config={
+                "rounds": rounds,
+                "users_per_round": users,
+                "k": sim.k,
+                "explainer": "template",
+            },
+            metrics=metrics,
+        )
+        rec.train_seconds = seconds if name == "BanditBlend" else None
+        records.append(rec)
+    return records
+
+
 def report(records: list[BenchRecord]) -> None:
     for rec in records:
         m = rec.metrics
@@ -191,6 +239,14 @@ def report(records: list[BenchRecord]) -> None:
                 f"    {rec.model:28s} truth {m['true_value']:.4f}  ips {m['ips']:.4f} "
                 f"[{m['ips_low']:.4f}, {m['ips_high']:.4f}]  snips {m['snips']:.4f} "
                 f"[{m['snips_low']:.4f}, {m['snips_high']:.4f}]  n_eff {m['effective_n']:.0f}"
+            )
+            continue
+        if rec.model.endswith(CACHES_SUFFIX):
+            print(
+                f"    {rec.model:28s} candidates {m['candidate_hit_rate']:.1%}  explanations "
+                f"cold {m['explanation_hit_rate']:.1%}, pregenerated "
+                f"{m['pregenerated_hit_rate']:.1%} ({m['pregenerated']:,.0f} generated ahead, "
+                f"{m['distinct_explanations']:,.0f} distinct of {m['explanations']:,.0f})"
             )
             continue
         extra = ""
@@ -217,12 +273,22 @@ def main() -> None:
     parser.add_argument("--users-per-round", type=int, default=200)
     parser.add_argument("--no-movielens", action="store_true", help="skip the MovieLens population")
     parser.add_argument(
+        "--no-caches", action="store_true", help="skip the cache part (a few minutes)"
+    )
+    parser.add_argument(
+        "--caches-only",
+        action="store_true",
+        help="run only the cache part and replace its records in the existing results file",
+    )
+    parser.add_argument(
         "--ope-seeds",
         type=int,
         default=20,
         help="bandit seeds for the off-policy bias and coverage check (0: skip)",
     )
     args = parser.parse_args()
+    if args.caches_only and (args.no_caches or args.no_movielens):
+        parser.error("--caches-only needs the cache part and MovieLens")
     started = time.perf_counter()
     records: list[BenchRecord] = []
     dataset_ml = None
@@ -230,6 +296,11 @@ def main() -> None:
         from recloop.datasets import movielens_100k
 
         dataset_ml = movielens_100k()  # a missing dataset is an error, never a silent skip
+    if args.caches_only:
+        assert dataset_ml is not None
+        merge_caches(dataset_ml, args.rounds, args.users_per_round)
+        print(f"done in {time.perf_counter() - started:.0f} s")
+        return
     for seed in SEEDS:
         runs: list[tuple[str, Setup]] = [
             (SYNTHETIC_NAME, synthetic_setup(generate(SYNTHETIC.model_copy(update={"seed": seed}))))
@@ -256,13 +327,44 @@ def main() -> None:
                     f"{m['snips_covers']:.2f}"
                 )
                 records.append(rec)
+        if seed == CACHES_SEED and dataset_ml is not None and not args.no_caches:
+            print(f"ml-100k seed {seed}: the service's caches")
+            setup_ml = dict(runs)["ml-100k"]
+            checks = [r for r in records if r.dataset == "ml-100k" and r.seed == seed]
+            recs = cache_part(setup_ml, args.rounds, args.users_per_round, checks)
+            report(recs)
+            records += recs
     records.sort(key=lambda r: (r.dataset != SYNTHETIC_NAME, r.seed))
-    path = write_results(
+    path = write(records, args.rounds, args.users_per_round)
+    print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
+
+
+def merge_caches(dataset: Any, rounds: int, users: int) -> None:
+    """The cache part alone, its records replacing the old ones in the results file."""
+    from recloop.benchmark import RESULTS_DIR
+
+    path = RESULTS_DIR / "loop_simulate.json"
+    old = read_results(path).records
+    checks = [r for r in old if r.dataset == "ml-100k" and r.seed == CACHES_SEED]
+    if any(
+        (r.config.get("rounds"), r.config.get("users_per_round")) != (rounds, users) for r in checks
+    ):
+        raise SystemExit(f"{path} holds runs of another size: rerun the whole bench")
+    print(f"ml-100k seed {CACHES_SEED}: the service's caches")
+    recs = cache_part(movielens_setup(dataset, CACHES_SEED), rounds, users, checks)
+    report(recs)
+    kept = [r for r in old if not r.model.endswith(CACHES_SUFFIX)]
+    records = sorted(kept + recs, key=lambda r: (r.dataset != SYNTHETIC_NAME, r.seed))
+    print(f"wrote {write(records, rounds, users)}")
+
+
+def write(records: list[BenchRecord], rounds: int, users: int) -> Path:
+    return write_results(
         "loop_simulate",
         records,
         title="Feedback loop in the simulator: bandit over blend weights vs static blends",
         command="python bench/bench_loop_simulate.py",
-        description=description(args.rounds, args.users_per_round),
+        description=description(rounds, users),
         columns=[
             "ctr",
             "regret_vs_best_fixed",
@@ -279,9 +381,11 @@ def main() -> None:
             "snips",
             "snips_covers",
             "effective_n",
+            "candidate_hit_rate",
+            "explanation_hit_rate",
+            "pregenerated_hit_rate",
         ],
     )
-    print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
 
 
 def description(rounds: int, users: int) -> str:
@@ -314,7 +418,24 @@ def description(rounds: int, users: int) -> str:
         f"the bandit with seeds {OPE_FIRST_SEED}-{OPE_FIRST_SEED}+N-1 on seed 0's population "
         "and draws and show means over them: *_rel_error is the mean relative error (the "
         "bias), *_rel_error_std its standard deviation over the seeds (one run's error), "
-        "*_covers the coverage of the 95 % intervals."
+        "*_covers the coverage of the 95 % intervals. "
+        f"<policy> (caches) rows: ml-100k seed {CACHES_SEED}'s standard policies rerun with "
+        "recloop.engine.sim_caches.CacheAccounting watching (same clicks, checked), counting "
+        "what the service's caches would hit if each policy served the run alone. "
+        "candidate_hit_rate: one lookup per slate, a hit when the policy showed the user a "
+        "slate before and the user has not clicked since (a click is an event, and the "
+        "service's key holds the history's length and last event); the simulator's candidates "
+        "themselves never change. explanation_hit_rate: every shown item explained (as if "
+        "every user opened every explanation) by the template Explainer through a content-hash "
+        "ExplanationCache per policy, keys scoped to the user, no eviction or expiry; evidence "
+        "= the item, the train history plus the items clicked so far in the run, the item's "
+        "source and blended score, EASE item-weight drivers for EASE items and the most similar "
+        "history items for Popular ones. pregenerated_hit_rate: the same requests after "
+        "pregenerate() filled the cache before each round with the round's users' slates under "
+        "the arm the policy was then most likely to play in their segment; the job is told who "
+        "comes next (an upper bound), so static policies reach 1 by construction and the bandit "
+        "misses where it explores. pregenerated = explanations generated off the request path, "
+        "distinct_explanations = cold cache entries."
     )
 
 

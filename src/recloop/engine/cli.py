@@ -60,19 +60,29 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         out: Path = typer.Option(
             Path("reports/simulate"), "--out", help="where simulation.json goes"
         ),
+        caches: bool = typer.Option(
+            False,
+            "--caches",
+            help="also count what the service's candidate and explanation caches would hit, "
+            "cold and with each round's slates pregenerated (slower: each new explanation is "
+            "generated and checked)",
+        ),
     ) -> None:
         """Run the bandit blend against the equal-weight and single-source blends.
 
         Every policy sees the same users and the same click draws (common random numbers).
         Prints CTR, clicks, regrets and each segment's final best-arm probability, and writes
-        ``simulation.json``.
+        ``simulation.json``. With ``--caches`` it also prints each policy's cache hit rates
+        (the clicks stay the same) and adds them under ``caches``.
         """
+        from recloop.engine.sim_caches import CacheAccounting
         from recloop.engine.simulator import Simulator, standard_policies
 
         started = time.perf_counter()
         with console.status(f"building the {population.value} population and sources"):
             setup = build_setup(population, seed)
             sim = Simulator(setup.population, setup.sources, setup.train, k=k, seed=seed)
+            accounting = CacheAccounting.for_setup(setup) if caches else None
         policies = standard_policies(sim.source_names, seed)
         console.print(
             f"[bold]{setup.dataset}[/]: {setup.population.n_users:,} users, "
@@ -95,6 +105,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
                 rounds,
                 users_per_round,
                 progress=lambda done: bar.update(task, completed=done),
+                observer=accounting,
             )
         data = result.to_dict()
         segments = list(result.segments)
@@ -118,6 +129,9 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         console.print(table)
         best = ", ".join(f"{s}: {a}" for s, a in data["best_fixed_arm"].items())
         console.print(f"best fixed arm per segment in hindsight: {best}")
+        if accounting is not None:
+            data["caches"] = accounting.to_dict()
+            console.print(_cache_table(data["caches"]))
         data["population"] = {
             "kind": population.value,
             "dataset": setup.dataset,
@@ -128,3 +142,22 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         path = out / "simulation.json"
         path.write_text(json.dumps(data, indent=2) + "\n")
         console.print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
+
+
+def _cache_table(caches: dict[str, Any]) -> Table:
+    """Per policy: the candidate cache's hit rate, the explanation cache's cold and
+    pregenerated hit rates, and how many explanations were generated ahead of requests."""
+    table = Table(title="cache hit rates (as the service would see them)")
+    for col in ("policy", "slates", "candidates", "explanations", "cold", "pregenerated", "ahead"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, r in caches["policies"].items():
+        table.add_row(
+            name,
+            f"{r['slates']:,}",
+            f"{r['candidate_hit_rate']:.1%}",
+            f"{r['explanations']:,}" if "explanations" in r else "–",
+            f"{r['explanation_hit_rate']:.1%}" if "explanation_hit_rate" in r else "–",
+            f"{r['pregenerated_hit_rate']:.1%}" if "pregenerated_hit_rate" in r else "–",
+            f"{r['pregenerated']:,}" if "pregenerated" in r else "–",
+        )
+    return table

@@ -26,13 +26,13 @@ from scipy.special import expit
 
 from recloop.data.types import Interactions, Queries
 from recloop.engine.bandit import MAX_ARMS, BanditConfig, ThompsonBandit
-from recloop.engine.blend import Blender, SourceCandidates
+from recloop.engine.blend import Blended, Blender, SourceCandidates
 from recloop.errors import ConfigError, DataError
 from recloop.eval.segments import activity_terciles
 
 if TYPE_CHECKING:
     from recloop.data.synthetic import SyntheticData
-    from recloop.data.types import Dataset
+    from recloop.data.types import Catalog, Dataset
 
 __all__ = [
     "BanditBlend",
@@ -43,6 +43,7 @@ __all__ = [
     "PolicyResult",
     "Population",
     "Reward",
+    "RunObserver",
     "Setup",
     "SimulationResult",
     "Simulator",
@@ -303,6 +304,32 @@ class Policy(Protocol):
 
     def update(self, feedback: Feedback) -> None:
         """Learn from one round's clicks."""
+
+
+class RunObserver(Protocol):
+    """Watches a :meth:`Simulator.run` without changing it: it sees every policy's slates
+    and clicks but draws no random numbers the run uses (e.g.
+    :class:`recloop.engine.sim_caches.CacheAccounting`)."""
+
+    def start(self, policies: Mapping[str, Policy], simulator: Simulator) -> None:
+        """A run begins (after every policy was reset)."""
+
+    def before_choose(
+        self, name: str, policy: Policy, round: int, users: np.ndarray, simulator: Simulator
+    ) -> None:
+        """Policy ``name`` is about to choose slates for ``users`` in ``round``."""
+
+    def after_outcome(
+        self,
+        name: str,
+        policy: Policy,
+        round: int,
+        users: np.ndarray,
+        decisions: Decisions,
+        clicks: np.ndarray,
+        simulator: Simulator,
+    ) -> None:
+        """Policy ``name`` showed ``decisions`` and got ``clicks`` (before it learns)."""
 
 
 @runtime_checkable
@@ -602,7 +629,8 @@ class Simulator:
     ``train``'s histories, which are excluded) or to a callable ``(users, n) -> (items,
     scores)``; each gives ``candidates`` items per user, computed once. A source that is the
     population's oracle is refused. Slates are blended by ``blender`` (default
-    :class:`Blender` with rank normalisation) and cached per (user, weights).
+    :class:`Blender` with rank normalisation) and cached per (user, weights). A run's
+    ``observer`` (e.g. :class:`recloop.engine.sim_caches.CacheAccounting`) watches it.
     """
 
     def __init__(
@@ -660,6 +688,7 @@ class Simulator:
                 raise DataError(f"source {name!r} names an item beyond the population's")
             self._candidates[name] = (cand_items, cand_scores)
         self._cache: dict[tuple[int, tuple[float, ...]], tuple[np.ndarray, tuple[str, ...]]] = {}
+        self._score_cache: dict[tuple[int, tuple[float, ...]], np.ndarray] = {}
 
     # -- slates -------------------------------------------------------------------------
     def _key(self, weights: Mapping[str, float]) -> tuple[float, ...]:
@@ -683,18 +712,36 @@ class Simulator:
         cached = self._cache.get((user, key))
         if cached is not None:
             return cached
-        pools = [
-            SourceCandidates(name, self._candidates[name][0][user], self._candidates[name][1][user])
-            for name in self.source_names
-        ]
-        blended = self.blender.blend(
-            pools, self.k, weights=dict(zip(self.source_names, key, strict=True))
-        )
+        blended = self._blend(user, key)
         items = np.full(self.k, -1, dtype=np.int64)
         items[: len(blended)] = blended.items
         items.setflags(write=False)
         self._cache[(user, key)] = (items, blended.sources)
         return items, blended.sources
+
+    def slate_scores(self, user: int, weights: Mapping[str, float]) -> np.ndarray:
+        """The blended score of each item of :meth:`slate` (NaN where the slate is short):
+        what the service logs with a shown item. Computed on demand and cached apart from
+        the slates, so runs that never ask for scores do no extra work."""
+        key = self._key(weights)
+        cached = self._score_cache.get((user, key))
+        if cached is not None:
+            return cached
+        blended = self._blend(user, key)
+        scores = np.full(self.k, np.nan)
+        scores[: len(blended)] = blended.scores
+        scores.setflags(write=False)
+        self._score_cache[(user, key)] = scores
+        return scores
+
+    def _blend(self, user: int, key: tuple[float, ...]) -> Blended:
+        pools = [
+            SourceCandidates(name, self._candidates[name][0][user], self._candidates[name][1][user])
+            for name in self.source_names
+        ]
+        return self.blender.blend(
+            pools, self.k, weights=dict(zip(self.source_names, key, strict=True))
+        )
 
     def slates(
         self, users: np.ndarray, weights: Mapping[str, float]
@@ -749,12 +796,14 @@ class Simulator:
         users_per_round: int,
         *,
         progress: Callable[[int], None] | None = None,
+        observer: RunObserver | None = None,
     ) -> SimulationResult:
         """Run every policy (reset first) on the same draws; updates after each round.
 
         Every arm any policy can play, and equal weights, also run as fixed arms on the same
         draws: they give the best fixed arm per segment in hindsight and the equal-weight
-        baseline for the regrets. ``progress`` is called with the number of rounds done.
+        baseline for the regrets. ``progress`` is called with the number of rounds done;
+        ``observer`` sees every policy's slates and clicks (it cannot change them).
         """
         if not policies:
             raise ConfigError("run needs at least one policy")
@@ -776,6 +825,8 @@ class Simulator:
         }
         for policy in policies.values():
             policy.reset()
+        if observer is not None:
+            observer.start(policies, self)
         for t in range(rounds):
             u = users[t]
             codes = self._codes[u]
@@ -787,6 +838,8 @@ class Simulator:
                 ref_expected[a, t] = np.bincount(codes, expected, minlength=n_seg)
                 ref_shown[a, t] = np.bincount(codes, shown, minlength=n_seg)
             for name, policy in policies.items():
+                if observer is not None:
+                    observer.before_choose(name, policy, t, u, self)
                 d = policy.choose(u, segments, self)
                 if d.items.shape != (len(u), self.k):
                     raise DataError(
@@ -794,6 +847,8 @@ class Simulator:
                         f"not {(len(u), self.k)}"
                     )
                 clicks, expected, shown = self.outcome(u, d.items, uniforms[t])
+                if observer is not None:
+                    observer.after_outcome(name, policy, t, u, d, clicks, self)
                 policy.update(Feedback(t, u, segments, d.arms, d.propensities, clicks, shown))
                 runs[name].add(t, u, segments, codes, d, clicks, expected, shown, self)
             if progress is not None:
@@ -920,6 +975,7 @@ class Setup:
     sources: dict[str, Any]
     train: Interactions
     notes: dict[str, Any]
+    catalog: Catalog | None = None  # item facts, for explanations (sim_caches)
 
 
 def synthetic_setup(
@@ -941,7 +997,7 @@ def synthetic_setup(
         "sources": "EASE (l2=300), Popular, fitted on all observed synthetic rows",
         "segments": "activity terciles of the observed rows",
     }
-    return Setup(data.dataset.name, population, sources, train, notes)
+    return Setup(data.dataset.name, population, sources, train, notes, data.dataset.catalog)
 
 
 def movielens_setup(
@@ -975,4 +1031,4 @@ def movielens_setup(
         "sources": f"EASE (l2={EASEConfig().l2:g}), Popular, fitted on ratio split {seed} train",
         "segments": "activity terciles of the train split",
     }
-    return Setup(dataset.name, population, sources, train, notes)
+    return Setup(dataset.name, population, sources, train, notes, dataset.catalog)
