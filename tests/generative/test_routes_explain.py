@@ -75,8 +75,15 @@ class FakeLLM:
 
 @pytest.fixture()
 def service(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, str], ServiceState]]:
+    yield from films_service(tmp_path)
+
+
+def films_service(
+    tmp_path: Path, **settings_: Any
+) -> Iterator[tuple[TestClient, dict[str, str], ServiceState]]:
+    """The films catalogue served by EASE, without the loop; ``settings_`` add settings."""
     settings = ServiceSettings(
-        home=tmp_path / "home", key_cache_s=0.0, model_check_s=0.05, loop=False
+        home=tmp_path / "home", key_cache_s=0.0, model_check_s=0.05, loop=False, **settings_
     )
     state = ServiceState.open(settings)
     import_dataset(state.store, films(), source="films")

@@ -197,9 +197,11 @@ def test_other_routes_about_a_user_refuse_other_applications(service: Service) -
     assert forbidden(client.post("/v1/onboarding", json=onboarding, headers=b))
 
 
-def test_the_recommendations_route_reads_owners_from_its_cache(service: Service) -> None:
+def test_the_recommendations_route_reads_owners_from_its_mirror(service: Service) -> None:
     client, keys, state = service
     post_events(client, keys["a"], click("a1", "n1"))
+    state.owners.refresh_s = 3600.0
+    assert state.owners.owner("n1") == "shop"  # the mirror is read now, then not again
     reads: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -213,7 +215,7 @@ def test_the_recommendations_route_reads_owners_from_its_cache(service: Service)
             assert answer.status_code == 200
     finally:
         sa.event.remove(state.store._engine, "before_cursor_execute", record)
-    assert len(reads) == 2  # each user's owner once (unowned u7 too), then from the cache
+    assert reads == []  # owned n1 and unowned u7 alike: no store read on the request path
 
 
 def test_racing_claims_through_the_service_give_one_owner(service: Service) -> None:
@@ -297,3 +299,32 @@ def test_cli_keys_with_owners_and_privacy_owner(tmp_path: Path) -> None:
         assert actions == ["owner", "owner"]
     finally:
         state.close()
+
+
+def test_the_ownership_mirror_reads_new_claims_and_forgets_erased_users(tmp_path: Path) -> None:
+    from recloop.service.owners import UserOwners
+    from recloop.service.privacy import ErasedUsers
+    from recloop.store.events import EventStore
+    from recloop.store.privacy import PrivacyLog
+
+    now = [0.0]
+    with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
+        here = UserOwners(store, refresh_s=0.5, clock=lambda: now[0])
+        there = UserOwners(store, refresh_s=0.5, clock=lambda: now[0])  # another worker
+        shop = Principal("k1", "web", "client", "shop")
+        other = Principal("k2", "app", "client", "other")
+        assert there.owner("u1") is None  # read now: nobody has claimed u1
+        here.check(shop, "u1", claim=True)
+        assert here.owner("u1") == "shop"
+        assert there.owner("u1") is None  # not yet read there...
+        now[0] += 0.6
+        assert there.owner("u1") == "shop"  # ...but within refresh_s
+        with pytest.raises(ForeignUserError):
+            there.check(other, "u1")
+        privacy = PrivacyLog(store)
+        erased = ErasedUsers(privacy, refresh_s=0.0, listeners=[there.forget])
+        privacy.erase_user("u1", "test")
+        assert "u1" in erased and there.owner("u1") is None
+        now[0] += 0.6
+        assert there.owner("u1") is None  # the deleted claim does not come back
+        there.check(other, "u1")  # and the id is free

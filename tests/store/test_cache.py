@@ -21,6 +21,7 @@ from recloop.store.cache import (
     RedisCache,
     mask_url,
     open_cache,
+    user_scope,
 )
 
 
@@ -374,3 +375,49 @@ def test_redis_value_computed_before_an_invalidation_is_not_read(
     token = here.token()
     here.set("fresh", b"new", token=token)
     assert here.get("fresh") == b"new"
+
+
+def test_redis_forget_purges_a_scope_and_refuses_its_later_writes(
+    caches: Callable[..., RedisCache], raw: redis.Redis, redis_url: tuple[str, str]
+) -> None:
+    namespace = redis_url[1]
+    mine, other = caches(local_check_s=0.0), caches(local_check_s=0.0)  # two workers
+    gone, kept = user_scope("u1"), user_scope("u2")
+    mine.set(f"cand{gone}5", b"a")
+    mine.invalidate()  # an older generation holds the user too
+    mine.set(f"cand{gone}5", b"b")
+    other.set(f"consent{gone}", b"110")
+    other.set(f"cand{kept}5", b"c")
+    other.set("popular:10", b"d")
+    token = other.token()
+    assert mine.forget(gone) == 3
+    # the rest of the cache stays warm: no new generation
+    assert other.token() == token and other.get(f"cand{kept}5") == b"c"
+    assert other.get("popular:10") == b"d"
+    # a request that read the user's data before the erasure cannot store it afterwards,
+    # in any worker and whatever generation it holds
+    other.set(f"cand{gone}5", b"late", token=token)
+    mine.set(f"explanation:x{gone}", b"late")
+    names = [n.decode() for n in raw.scan_iter(match=f"{namespace}:*")]
+    assert not [n for n in names if gone in n], names
+    # other users' writes go on as before, and the marker does not carry the scope itself
+    other.set(f"cand{kept}7", b"e")
+    assert other.get(f"cand{kept}7") == b"e"
+    assert any(n.startswith(f"{namespace}:forgotten:") for n in names)
+    with pytest.raises(ValueError, match="not a user scope"):
+        mine.forget("u1")
+
+
+def test_in_process_forget_purges_and_invalidates(tmp_path: Path) -> None:
+    cache = InProcessCache(generation_file=tmp_path / "generation")
+    peer = InProcessCache(generation_file=tmp_path / "generation")
+    scope = user_scope("u1")
+    cache.set(f"cand{scope}", b"a")
+    token = peer.token()
+    peer.set(f"cand{user_scope('u2')}", b"b")
+    assert cache.forget(scope) == 1
+    assert cache.get(f"cand{scope}") is None
+    # the other process drops everything and cannot store what it computed before
+    assert peer.get(f"cand{user_scope('u2')}") is None
+    peer.set(f"cand{scope}", b"late", token=token)
+    assert peer.get(f"cand{scope}") is None

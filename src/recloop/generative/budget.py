@@ -256,12 +256,24 @@ class GenerationPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ExplainSettings:
-    """The service's explanation settings: policy, per-request budget, cache lifetime."""
+    """The service's explanation settings: policy, per-request budget, cache lifetime, and
+    pregeneration (the first ``pregenerate`` positions of every served slate are explained
+    in the background, at most ``pregenerate_queue`` slates waiting; 0 positions: off)."""
 
     policy: GenerationPolicy = GenerationPolicy()
     time_s: float | None = 10.0
     tokens: int | None = 1500
     cache_ttl_s: float | None = DEFAULT_CACHE_TTL_S
+    pregenerate: int = 3
+    pregenerate_queue: int = 256
+
+    def __post_init__(self) -> None:
+        if self.pregenerate < 0:
+            raise ConfigError(f"pregenerate must be >= 0 positions, not {self.pregenerate}")
+        if self.pregenerate_queue < 1:
+            raise ConfigError(
+                f"pregenerate_queue must be at least 1 slate, not {self.pregenerate_queue}"
+            )
 
     def budget(self) -> Budget:
         """A fresh budget for one request."""
@@ -269,17 +281,25 @@ class ExplainSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ExplainSettings:
-        """Also ``RECLOOP_EXPLAIN_TIME_S``, ``…_TOKENS``, ``…_CACHE_TTL_S`` (0: unlimited)."""
+        """Also ``RECLOOP_EXPLAIN_TIME_S``, ``…_TOKENS``, ``…_CACHE_TTL_S`` (0: unlimited),
+        ``…_PREGENERATE`` (positions per served slate, 0: off) and ``…_PREGENERATE_QUEUE``
+        (slates waiting, at least 1)."""
         env = os.environ if environ is None else environ
         defaults = cls()
         time_s = _env_number(env, "TIME_S", float, defaults.time_s)
         tokens = _env_number(env, "TOKENS", int, defaults.tokens)
         ttl = _env_number(env, "CACHE_TTL_S", float, defaults.cache_ttl_s)
+        positions = _env_number(env, "PREGENERATE", int, defaults.pregenerate)
+        queue = _env_number(env, "PREGENERATE_QUEUE", int, defaults.pregenerate_queue)
+        if queue is not None and queue < 1:
+            raise ConfigError(f"{ENV_PREFIX}PREGENERATE_QUEUE must be at least 1, not {queue}")
         return cls(
             policy=GenerationPolicy.from_env(env),
             time_s=float(time_s) if time_s else None,
             tokens=int(tokens) if tokens else None,
             cache_ttl_s=float(ttl) if ttl else None,
+            pregenerate=int(positions or 0),
+            pregenerate_queue=int(queue or defaults.pregenerate_queue),
         )
 
 

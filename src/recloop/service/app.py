@@ -378,7 +378,9 @@ def _add_routes(app: FastAPI) -> None:
         if rerank == "llm":
             final, rerank_status = _llm_rerank(state, user_id, history, final)
         final = final[:n]
-        state.slates.add(_slate_record(slate_id, user_id, model.version, segment, final, choice))
+        record = _slate_record(slate_id, user_id, model.version, segment, final, choice)
+        state.slates.add(record)
+        state.pregenerator.offer(record)  # explanations, off the request path
         slate = Slate(
             slate_id=slate_id,
             user_id=user_id,
@@ -746,7 +748,9 @@ def _unpersonalised(state: ServiceState, model: Any, user_id: str, n: int) -> Re
     slate_id = uuid.uuid4().hex
     if user_id not in state.erased:
         segment = "unpersonalised"
-        state.slates.add(_slate_record(slate_id, user_id, model.version, segment, final, None))
+        record = _slate_record(slate_id, user_id, model.version, segment, final, None)
+        state.slates.add(record)
+        state.pregenerator.offer(record)  # explanations, off the request path
     slate = Slate(
         slate_id=slate_id,
         user_id=user_id,

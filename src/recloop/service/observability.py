@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 from prometheus_client import (
@@ -31,6 +32,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "ObservabilityMiddleware",
     "configure_json_logging",
     "metrics_response",
+    "register_stats",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -164,6 +167,53 @@ def _metrics_for(registry: CollectorRegistry) -> _HttpMetrics:
             metrics = _HttpMetrics(registry)
             _metrics_by_registry[registry] = metrics
         return metrics
+
+
+class _StatsCollector:
+    """A background worker's counters and gauges, read from it at every scrape."""
+
+    def __init__(
+        self,
+        prefix: str,
+        read: Callable[[], Mapping[str, float]],
+        counters: Mapping[str, str],
+        gauges: Mapping[str, str],
+    ) -> None:
+        self.prefix = prefix
+        self.read = read
+        self.counters = dict(counters)
+        self.gauges = dict(gauges)
+
+    def collect(self) -> Iterator[Metric]:
+        values = self.read()
+        for name, documentation in self.counters.items():
+            yield CounterMetricFamily(
+                f"{self.prefix}_{name}", documentation, value=values.get(name, 0.0)
+            )
+        for name, documentation in self.gauges.items():
+            yield GaugeMetricFamily(
+                f"{self.prefix}_{name}", documentation, value=values.get(name, 0.0)
+            )
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric names without reading the worker (checked when registered)."""
+        for name, documentation in self.counters.items():
+            yield CounterMetricFamily(f"{self.prefix}_{name}", documentation)
+        for name, documentation in self.gauges.items():
+            yield GaugeMetricFamily(f"{self.prefix}_{name}", documentation)
+
+
+def register_stats(
+    registry: CollectorRegistry,
+    prefix: str,
+    read: Callable[[], Mapping[str, float]],
+    counters: Mapping[str, str],
+    gauges: Mapping[str, str] | None = None,
+) -> None:
+    """Expose a background worker's plain counters on ``registry``: ``read()`` gives their
+    values at scrape time; ``counters`` and ``gauges`` name each with its help text (counters
+    get ``_total`` appended, as Prometheus expects)."""
+    registry.register(_StatsCollector(prefix, read, counters, gauges or {}))
 
 
 def metrics_response(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:

@@ -4,8 +4,9 @@
 :mod:`recloop.store.privacy`), then reaches what the store does not hold:
 
 - **caches**: every entry whose key carries the user's scope (:func:`user_scope`) is deleted
-  in Redis across all generations or in this process; the cache is then invalidated, so every
-  other worker drops its in-process entries at its next read;
+  (:meth:`~recloop.store.cache.Cache.forget`): in Redis across all generations, behind a
+  marker that refuses later writes of such keys, so the rest of the cache stays warm; an
+  in-process cache is purged and invalidated, so every other worker drops its entries;
 - **this worker's queued slates** of the user are discarded, and every worker's slate writer
   refuses slates of tombstoned users;
 - **models**: a model that holds per-user state (e.g. BPR's user factors) may not use it from
@@ -21,13 +22,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from recloop.service.schemas import ErasureOut
 from recloop.store.cache import user_scope
 from recloop.store.privacy import Consent, PrivacyLog
-
-PURGE_GRACE_S = 0.1  # in-flight requests finish their cache writes within this
 
 
 def _digest(user_id: str) -> str:
@@ -36,13 +36,22 @@ def _digest(user_id: str) -> str:
 
 class ErasedUsers:
     """Which users were erased, as SHA-256 digests, refreshed from the tombstones at least
-    every ``refresh_s`` and at once when the cache was invalidated (an erasure invalidates
-    it, so every worker knows at its next request)."""
+    every ``refresh_s`` (checked on every request) and at once when the cache was
+    invalidated; ``listeners`` hear of each newly erased user in this worker (in-process
+    per-user caches such as the ownership cache drop them)."""
 
-    def __init__(self, log: PrivacyLog, cache: Any = None, *, refresh_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        log: PrivacyLog,
+        cache: Any = None,
+        *,
+        refresh_s: float = 0.5,
+        listeners: Iterable[Callable[[str], None]] = (),
+    ) -> None:
         self.log = log
         self.cache = cache
         self.refresh_s = refresh_s
+        self.listeners = list(listeners)  # told each newly erased user id (per-user caches)
         self._digests: set[str] = set()
         self._seen_until = float("-inf")  # erased_at of the newest tombstone read
         self._next = 0.0
@@ -55,15 +64,23 @@ class ErasedUsers:
         token = self.cache.token() if self.cache is not None else None
         fresh = self.log.erased_since(self._seen_until)
         with self._lock:
+            new = [user for user, _ in fresh if _digest(user) not in self._digests]
             self._digests.update(_digest(user) for user, _ in fresh)
             if fresh:
                 self._seen_until = max(self._seen_until, fresh[-1][1])
             self._next = time.monotonic() + self.refresh_s
             self._token = token
+        for user in new:
+            self._tell(user)
 
     def add(self, user_id: str) -> None:
         with self._lock:
             self._digests.add(_digest(user_id))
+        self._tell(user_id)
+
+    def _tell(self, user_id: str) -> None:
+        for listener in self.listeners:
+            listener(user_id)
 
     def __contains__(self, user_id: object) -> bool:
         if not isinstance(user_id, str):
@@ -79,22 +96,32 @@ def erase(state: Any, user_id: str, actor: str) -> ErasureOut:
     privacy: PrivacyLog = state.privacy
     from recloop.generative.review import ReviewQueue
 
+    steps: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        steps[step] = round(1000 * (now - clock), 2)
+        clock = now
+
     stored = privacy.erase_user(user_id, actor)
+    lap("store")
     state.erased.add(user_id)
     ReviewQueue(state.store).forget_user(user_id)  # generated pieces' audiences
     dropped = state.slates.drop_user(user_id)
-    # Purge, then invalidate: a request that read the user's data before now can no longer
-    # store what it computed (cache tokens), and every worker re-reads the tombstones. Then
-    # purge again, once requests that were already past their check have written.
-    purged = state.cache.purge(user_scope(user_id))
-    state.cache.invalidate()
-    time.sleep(PURGE_GRACE_S)
-    purged += state.cache.purge(user_scope(user_id))
+    lap("review_and_slates")
+    # Every entry carrying the user's scope goes, and a request that read their data before
+    # now cannot store what it computed afterwards (see the cache's forget); the rest of the
+    # cache stays warm, and every worker reads the new tombstone within ErasedUsers.refresh_s.
+    purged = state.cache.forget(user_scope(user_id))
+    lap("cache_purge")
     holding = [
         version.version
         for version in state.registry.versions()
         if user_id in _version_users(state, version.version)
     ]
+    lap("models")
     # without the loop updater nothing retrains: say so rather than promise a time
     updating = state.settings.loop_update_s > 0
     rebuild_by = stored.erased_at + state.settings.erasure_rebuild_s if updating else None
@@ -112,6 +139,7 @@ def erase(state: Any, user_id: str, actor: str) -> ErasureOut:
         queued_slates_dropped=dropped,
         model_rebuild_by=rebuild_by,
         models_holding_user=holding,
+        steps_ms=steps,
     )
     privacy.record(
         actor,
@@ -122,6 +150,7 @@ def erase(state: Any, user_id: str, actor: str) -> ErasureOut:
             "cache_entries_purged": purged,
             "model_rebuild_by": rebuild_by,
             "models_holding_user": holding,
+            "steps_ms": steps,
         },
     )
     return report

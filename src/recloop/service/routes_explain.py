@@ -11,11 +11,16 @@ lifetime from ``RECLOOP_EXPLAIN_*`` (:class:`~recloop.generative.budget.ExplainS
 A user's history goes to a hosted backend only with their generative consent: the
 ``generative`` flag of ``PUT /v1/users/{id}/consent``, or ``{"consent": {"generative": true}}``
 in their preferences; without it they get the template.
+
+Each worker also explains the first positions of every slate it serves in the background
+(:mod:`recloop.service.pregeneration`), from the evidence :func:`slate_evidence` builds for
+both, so requests usually find the text in the cache.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -24,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from recloop.generative.budget import ExplainSettings, ExplanationCache
 from recloop.generative.evidence import (
+    Evidence,
     ItemFacts,
     build_evidence,
     model_attribution,
@@ -32,11 +38,12 @@ from recloop.generative.evidence import (
 from recloop.generative.explain import Explainer
 from recloop.generative.faithfulness import FaithfulnessChecker
 from recloop.service.deps import AUTH_RESPONSES, Client, PathId, service_state
+from recloop.service.engine import ServingModel
 from recloop.service.generation import generative_consent, text_generator
 from recloop.service.schemas import MAX_RECOMMENDATIONS
 from recloop.service.state import ServiceState
 from recloop.store.cache import user_scope
-from recloop.store.slates import SlateLog
+from recloop.store.slates import Impression, SlateLog, SlateRecord
 
 router = APIRouter()
 EXPLAIN = "generative.explain"
@@ -66,7 +73,7 @@ class ExplanationOut(BaseModel):
 
 
 @dataclass
-class _Components:
+class ExplainComponents:
     settings: ExplainSettings
     cache: ExplanationCache
     checker: FaithfulnessChecker | None = None
@@ -111,38 +118,20 @@ def explanation(
     model = state.models.current()
     if model is None:
         raise HTTPException(503, "no model version is active; train and activate one")
-    events = state.store.history(slate.user_id, until=slate.created_at)
-    history = [item for item, _, kind in events if not kind.is_negative]
-    recent = list(dict.fromkeys(reversed(history)))[:_MAX_HISTORY]
-    facts = _item_facts(state, [shown.item_id, *recent])
-    if shown.item_id not in facts:
+    n_events, evidences = slate_evidence(state, model, slate, [shown])
+    evidence = evidences.get(position)
+    if evidence is None:
         raise HTTPException(404, f"item {shown.item_id!r} is no longer in the catalogue")
-    # the model's attribution explains the model's items; items another source chose
-    # (content, popular) get the history items most similar to them
-    from_model = shown.source == getattr(model.model, "name", type(model.model).__name__)
-    evidence = build_evidence(
-        shown.item_id,
-        history,
-        facts,
-        attribution=model_attribution(model.model, model.items) if from_model else None,
-        source=shown.source,
-        score=shown.score,
-        semantic_ids=model_semantic_ids(model.model, model.items),
-        max_history=_MAX_HISTORY,
-    )
-    parts = _components(state)
-    decision = parts.settings.policy.decide(n_events=len(events), segment=slate.segment)
-    explainer = Explainer(
-        text_generator(state),
-        _checker(state, parts),
-        cache=parts.cache,
-        scope=user_scope(slate.user_id),
-    )
-    result = explainer.explain(
+    parts = explain_components(state)
+    decision = parts.settings.policy.decide(n_events=n_events, segment=slate.segment)
+    budget = parts.settings.budget()
+    # this worker may be explaining this very slate now: wait for its text, not write it twice
+    state.pregenerator.wait_for(slate_id, position, budget.time_left())
+    result = slate_explainer(state, parts, slate.user_id).explain(
         evidence,
         use_llm=decision.use_llm,
         consent=generative_consent(state, slate.user_id),
-        budget=parts.settings.budget(),
+        budget=budget,
     )
     return ExplanationOut(
         handle=f"{slate_id}/{position}",
@@ -158,7 +147,65 @@ def explanation(
     )
 
 
-def _components(state: ServiceState) -> _Components:
+def slate_evidence(
+    state: ServiceState, model: ServingModel, slate: SlateRecord, shown: Sequence[Impression]
+) -> tuple[int, dict[int, Evidence]]:
+    """What the explanations of ``shown`` (items of ``slate``) are made from: the user's
+    number of events up to the slate's time (the policy's input) and each item's evidence,
+    by position; items no longer in the catalogue are left out.
+
+    The route and the pregenerator (:mod:`recloop.service.pregeneration`) both build their
+    evidence here, so a pregenerated explanation lands under the key the route looks up.
+    """
+    events = state.store.history(slate.user_id, until=slate.created_at)
+    history = [item for item, _, kind in events if not kind.is_negative]
+    recent = list(dict.fromkeys(reversed(history)))[:_MAX_HISTORY]
+    facts = _item_facts(state, [*(imp.item_id for imp in shown), *recent])
+    model_name = getattr(model.model, "name", type(model.model).__name__)
+    attribution = None
+    semantic_ids = model_semantic_ids(model.model, model.items)
+    evidences: dict[int, Evidence] = {}
+    for imp in shown:
+        if imp.item_id not in facts:
+            continue
+        # the model's attribution explains the model's items; items another source chose
+        # (content, popular) get the history items most similar to them
+        from_model = imp.source == model_name
+        if from_model and attribution is None:
+            attribution = model_attribution(model.model, model.items)
+        evidences[imp.position] = build_evidence(
+            imp.item_id,
+            history,
+            # the item's facts and its history's only, whatever else ``shown`` holds
+            {i: facts[i] for i in (imp.item_id, *recent) if i in facts},
+            attribution=attribution if from_model else None,
+            source=imp.source,
+            score=imp.score,
+            semantic_ids=semantic_ids,
+            max_history=_MAX_HISTORY,
+        )
+    return len(events), evidences
+
+
+def slate_explainer(
+    state: ServiceState,
+    parts: ExplainComponents,
+    user_id: str,
+    cache: ExplanationCache | None = None,
+) -> Explainer:
+    """The explainer of ``user_id``'s items: the worker's generator, the catalogue's checker,
+    the explanation cache (``cache``, default ``parts.cache``) under the user's scope, so
+    erasing the user purges what it stores."""
+    return Explainer(
+        text_generator(state),
+        explanation_checker(state, parts),
+        cache=parts.cache if cache is None else cache,
+        scope=user_scope(user_id),
+    )
+
+
+def explain_components(state: ServiceState) -> ExplainComponents:
+    """The worker's explanation settings, cache and checker, built once from the environment."""
     found = state.extensions.get(EXPLAIN)
     if found is None:
         with _BUILD:
@@ -166,13 +213,13 @@ def _components(state: ServiceState) -> _Components:
             if found is None:
                 settings = ExplainSettings.from_env()
                 cache = ExplanationCache(state.cache, ttl_s=settings.cache_ttl_s)
-                found = _Components(settings, cache)
+                found = ExplainComponents(settings, cache)
                 state.extensions[EXPLAIN] = found
-    parts: _Components = found
+    parts: ExplainComponents = found
     return parts
 
 
-def _checker(state: ServiceState, parts: _Components) -> FaithfulnessChecker:
+def explanation_checker(state: ServiceState, parts: ExplainComponents) -> FaithfulnessChecker:
     """The checker over the whole catalogue, rebuilt after any cache invalidation (item
     edits and model activations invalidate the cache in every worker)."""
     token = state.cache.token()

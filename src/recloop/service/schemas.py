@@ -418,6 +418,11 @@ class ErasureOut(BaseModel):
     models_holding_user: list[str] = Field(
         description="Registered versions trained with the user (the active one is rebuilt)."
     )
+    steps_ms: dict[str, float] = Field(
+        default_factory=dict,
+        description="Where the time went, step by step, in milliseconds (store transaction, "
+        "cache purges and invalidation, the grace wait, the model check).",
+    )
 
 
 class AuditEntryOut(BaseModel):

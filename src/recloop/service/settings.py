@@ -55,11 +55,12 @@ class ServiceSettings(BaseModel):
     key_cache_s: float = Field(
         default=5.0, ge=0.0, description="How long a worker trusts a key lookup (revocation lag)."
     )
-    owner_cache_s: float = Field(
-        default=5.0,
+    owner_refresh_s: float = Field(
+        default=0.5,
         ge=0.0,
-        description="How long a worker trusts that a user has no owner yet (a client's claim "
-        "in another worker reaches it within this; reassignments reach every worker at once).",
+        description="How often a worker reads new user claims into its ownership mirror (a "
+        "client's claim in another worker reaches it within this; reassignments reach every "
+        "worker at once).",
     )
     model_check_s: float = Field(
         default=1.0, gt=0.0, description="How often a worker looks for a newly activated model."

@@ -9,10 +9,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from recloop.generative.budget import ExplainSettings
 from recloop.service.auth import KeyCache
 from recloop.service.engine import ModelHolder
 from recloop.service.loop import LiveLoop, LoopUpdater, Retrainer, loop_config_from
+from recloop.service.observability import register_stats
 from recloop.service.owners import UserOwners
+from recloop.service.pregeneration import COUNTERS, GAUGES, METRIC_PREFIX, Pregenerator
 from recloop.service.privacy import ConsentReader, ErasedUsers
 from recloop.service.ratelimit import RateLimiter
 from recloop.service.settings import ServiceSettings
@@ -42,6 +45,7 @@ class ServiceState:
     erased: ErasedUsers
     consent: ConsentReader
     owners: UserOwners
+    pregenerator: Pregenerator
     counters: dict[str, Counter] = field(default_factory=dict)
     # Components other modules attach by name (the loop, the generative module), built once.
     extensions: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +84,9 @@ class ServiceState:
             generation_file=settings.generation_file,
         )
         privacy = PrivacyLog(store)
-        return cls(
+        owners = UserOwners(store, cache, refresh_s=settings.owner_refresh_s)
+        explain = ExplainSettings.from_env()  # RECLOOP_EXPLAIN_*: a bad value fails the start
+        state = cls(
             settings=settings,
             store=store,
             registry=registry,
@@ -102,13 +108,20 @@ class ServiceState:
                 ),
             ),
             privacy=privacy,
-            erased=ErasedUsers(privacy, cache),
+            erased=ErasedUsers(privacy, cache, listeners=[owners.forget]),
             consent=ConsentReader(privacy, cache),
-            owners=UserOwners(store, cache, unowned_ttl_s=settings.owner_cache_s),
+            owners=owners,
+            pregenerator=Pregenerator(
+                positions=explain.pregenerate, max_queue=explain.pregenerate_queue
+            ),
             counters=counters,
         )
+        # read through the state at every scrape: whichever pregenerator it holds then
+        register_stats(metrics, METRIC_PREFIX, lambda: state.pregenerator.stats(), COUNTERS, GAUGES)
+        return state
 
     def close(self) -> None:
+        self.pregenerator.close()
         self.updater.stop()
         self.slates.close()
         self.cache.close()
@@ -123,6 +136,7 @@ def warm_up(state: ServiceState) -> None:
         state.loop.catalog()  # build the arrays before the first request needs them
     state.slates.start()
     state.updater.start()
+    state.pregenerator.start(state)
     gc.collect()
     gc.freeze()
 

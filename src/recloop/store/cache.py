@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 import uuid
@@ -53,9 +54,20 @@ class Cache(Protocol):
 
     def purge(self, fragment: str) -> int: ...
 
+    def forget(self, scope: str) -> int: ...
+
     def invalidate(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+SCOPE_PATTERN = re.compile(r"\|u=[0-9a-f]{24}\|")
+"""Where a key carries a user's scope (:func:`user_scope`)."""
+FORGET_HOLD_S = 300.0
+"""How long a forgotten scope's writes are refused (any request that read the user's data
+before their erasure has long finished by then, and every worker knows the tombstone)."""
+FORGET_GRACE_S = 0.1
+"""In-process caches: in-flight requests of other processes finish their writes within this."""
 
 
 def user_scope(user_id: str) -> str:
@@ -185,6 +197,16 @@ class InProcessCache:
                 del self._entries[key]
         return len(doomed)
 
+    def forget(self, scope: str) -> int:
+        """Erase ``scope`` (a :func:`user_scope`) from every process: purge here, invalidate
+        (other processes drop all their entries, and computations that read before now can
+        no longer store), wait :data:`FORGET_GRACE_S` for writes already past that check,
+        purge again. How many entries were deleted here."""
+        deleted = self.purge(scope)
+        self.invalidate()
+        time.sleep(FORGET_GRACE_S)
+        return deleted + self.purge(scope)
+
     def invalidate(self) -> None:
         """Drop every entry here and, through the generation file, in every other process."""
         with self._lock:
@@ -218,6 +240,15 @@ class InProcessCache:
     def close(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+# SET KEYS[1] to ARGV[1] for ARGV[2] ms unless KEYS[2] (a forgotten scope's marker) exists:
+# one round trip, atomic with the marker that an erasure sets before it purges.
+_SET_UNLESS_FORGOTTEN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 class RedisCache:
@@ -255,6 +286,7 @@ class RedisCache:
             self._client.ping()
             self._generation = self._read_generation()
             self._checked_at = time.monotonic()
+            self._set_unless_forgotten = self._client.register_script(_SET_UNLESS_FORGOTTEN)
             self._pubsub = self._client.pubsub()
             self._pubsub.subscribe(self.channel)
             self._await_subscription()
@@ -350,12 +382,22 @@ class RedisCache:
                 return  # computed before an invalidation: no reader would look there
             generation = current
             name = self._key(generation, key)
+            scope = SCOPE_PATTERN.search(key)
             if seconds <= 0:
                 self._client.delete(name)
+            elif scope is not None:  # derived from a user: never after their erasure
+                marker = self._forgotten_key(scope.group())
+                self._set_unless_forgotten(
+                    keys=[name, marker], args=[value, max(1, int(seconds * 1000))]
+                )
             else:
                 self._client.set(name, value, px=max(1, int(seconds * 1000)))
         except (redis.RedisError, OSError, ValueError):
             self._failed()
+
+    def _forgotten_key(self, scope: str) -> str:
+        # "u=<digest>" without the bars, so purging the scope leaves the marker alone
+        return f"{self.namespace}:forgotten:{scope.strip('|')}"
 
     def delete(self, key: str) -> None:
         try:
@@ -371,7 +413,7 @@ class RedisCache:
         deleted = 0
         try:
             batch: list[Any] = []
-            for name in self._client.scan_iter(match=pattern, count=1000):
+            for name in self._client.scan_iter(match=pattern, count=5000):
                 batch.append(name)
                 if len(batch) >= 500:
                     deleted += int(self._client.delete(*batch))
@@ -381,6 +423,21 @@ class RedisCache:
         except (redis.RedisError, OSError) as exc:
             raise CacheError(f"cannot purge the cache at {self.url}: {_one_line(exc)}") from None
         return deleted
+
+    def forget(self, scope: str) -> int:
+        """Erase ``scope`` (a :func:`user_scope`) from the cache for every process at once:
+        first a marker (kept :data:`FORGET_HOLD_S`) that makes every later write of a key
+        carrying the scope a no-op, atomically in Redis, then the purge of every generation.
+        A computation that read the user's data before the erasure therefore can neither
+        survive the purge nor write after it, and the rest of the cache stays warm (no
+        invalidation). How many entries were deleted; failures raise :class:`CacheError`."""
+        if SCOPE_PATTERN.fullmatch(scope) is None:
+            raise ValueError(f"not a user scope: {scope!r}")
+        try:
+            self._client.set(self._forgotten_key(scope), b"1", px=int(FORGET_HOLD_S * 1000))
+        except (redis.RedisError, OSError) as exc:
+            raise CacheError(f"cannot purge the cache at {self.url}: {_one_line(exc)}") from None
+        return self.purge(scope)
 
     def invalidate(self) -> None:
         """Start a new generation and announce it to every process.

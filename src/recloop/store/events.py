@@ -461,6 +461,17 @@ class EventStore:
         with self._transaction(write=False) as conn:
             return self._owners(conn, list(dict.fromkeys(user_ids)))
 
+    def owners_claimed_since(self, since: float) -> list[tuple[str, str, float]]:
+        """``(user_id, owner, claimed_at)`` of every claim or reassignment stamped after
+        ``since``, oldest first (a worker's ownership mirror reads only what is new)."""
+        query = (
+            sa.select(user_owners.c.user_id, user_owners.c.owner, user_owners.c.claimed_at)
+            .where(user_owners.c.claimed_at > since)
+            .order_by(user_owners.c.claimed_at)
+        )
+        with self._transaction(write=False) as conn:
+            return [(u, o, float(t)) for u, o, t in conn.execute(query)]
+
     def claim_users(self, user_ids: Sequence[str], owner: str) -> dict[str, str]:
         """Claim the unowned ones of ``user_ids`` for ``owner``; every one's owner afterwards.
 

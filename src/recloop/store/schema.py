@@ -171,4 +171,5 @@ user_owners = sa.Table(
     sa.Column("user_id", sa.String, primary_key=True),
     sa.Column("owner", sa.Text, nullable=False),
     sa.Column("claimed_at", sa.Double, nullable=False),
+    sa.Index("ix_user_owners_claimed_at", "claimed_at"),  # each worker reads new claims
 )

@@ -3,7 +3,7 @@ name), and which application acts for each user (``user_owners``).
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-11
+Create Date: 2026-11-27
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ def upgrade() -> None:
         sa.Column("claimed_at", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_user_owners")),
     )
+    op.create_index("ix_user_owners_claimed_at", "user_owners", ["claimed_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_user_owners_claimed_at", table_name="user_owners")
     op.drop_table("user_owners")
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("owner")
