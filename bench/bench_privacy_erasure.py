@@ -6,11 +6,12 @@
 `recloop serve` on MovieLens-100K (EASE) with the production stores (PostgreSQL and Redis,
 two uvicorn workers), under recommendation load from wrk (bench/wrk/recommendations.lua, 32
 connections). While wrk runs, the script erases MovieLens users one at a time, each after
-asking for their recommendations (so their candidate lists sit in Redis). The answer comes
-after the purge, so the request-to-answer time is the time to a complete purge of store and
-caches; after each answer the script checks, from outside the service, that the user's events
-and slates are gone from PostgreSQL, that no Redis key (any generation) carries the user, and
-that a replayed event is refused. The same erasures without load give the baseline.
+asking for their recommendations (so their candidate lists sit in Redis). The service stamps
+``completed_at`` once store and caches are purged, so ``completed_at`` minus the moment the
+request left is the time to a complete purge (both clocks are this machine's); the answer
+comes after it. After each answer the script checks, from outside the service, that the
+user's events and slates are gone from PostgreSQL, that no Redis key (any generation) carries
+the user, and that a replayed event is refused. The same erasures without load give the baseline.
 Writes bench/results/privacy_erasure.json.
 """
 
@@ -83,18 +84,32 @@ def erase_users(
     db: str,
     redis_client: Any,
     namespace: str,
-) -> tuple[list[float], int]:
-    """Erase each user after warming their cache entries; (seconds per erasure, failures)."""
+) -> tuple[list[float], list[float], int, list[dict[str, float]]]:
+    """Erase each user after warming their cache entries; (seconds from request to complete
+    purge, seconds from request to answer, failures, the service's step timings)."""
+    purged: list[float] = []
     seconds: list[float] = []
+    steps: list[dict[str, float]] = []
     failures = 0
     with httpx.Client(base_url=server_url, timeout=30.0) as http:
         for user in users:
             http.get(f"/v1/users/{user}/recommendations", headers=auth(client_key))
+            sent_at = time.time()
             started = time.perf_counter()
             answer = http.delete(f"/v1/users/{user}", headers=auth(admin))
             elapsed = time.perf_counter() - started
             if answer.status_code != 200:
                 raise RuntimeError(f"erasing {user}: {answer.status_code} {answer.text}")
+            timing = answer.json().get("steps_ms", {})
+            handler_ms = sum(timing.values())
+            # the service stamps completed_at once store and caches are purged; this script
+            # runs on the same machine, so both clocks are one
+            completed_at = float(answer.json()["completed_at"])
+            purged.append(completed_at - sent_at)
+            timing["before_handler"] = 1000 * (completed_at - sent_at) - handler_ms
+            timing["after_handler"] = 1000 * elapsed - handler_ms - timing["before_handler"]
+            steps.append(timing)
+            log(f"{user}: purged in {1000 * purged[-1]:.0f} ms, answered in {1000 * elapsed:.0f}")
             left = leftovers(db, redis_client, namespace, user)
             replay = [
                 {"event_id": f"replay-{user}", "user_id": user, "item_id": "1", "kind": "click"}
@@ -105,7 +120,7 @@ def erase_users(
                 log(f"{user}: left over {left}, replay answer {refused.text}")
             seconds.append(elapsed)
             time.sleep(0.5)
-    return seconds, failures
+    return purged, seconds, failures, steps
 
 
 def main() -> int:
@@ -134,7 +149,7 @@ def main() -> int:
         loaded_users = [str(u) for u in range(501, 501 + args.erasures)]
 
         log(f"{args.erasures} erasures without load")
-        quiet, quiet_failures = erase_users(
+        quiet_purged, quiet, quiet_failures, quiet_steps = erase_users(
             server.url, admin, client_key, quiet_users, db, redis_client, namespace
         )
 
@@ -154,24 +169,30 @@ def main() -> int:
             env={**os.environ, "RECLOOP_KEY": client_key},
         )
         time.sleep(3.0)
-        loaded, loaded_failures = erase_users(
+        loaded_purged, loaded, loaded_failures, loaded_steps = erase_users(
             server.url, admin, client_key, loaded_users, db, redis_client, namespace
         )
         out, err = wrk.communicate(timeout=args.duration + 60)
         if wrk.returncode != 0:
             raise RuntimeError(f"wrk failed: {err}")
         load = parse_wrk(out)
-        for phase, values, failures in (
-            ("idle", quiet, quiet_failures),
-            ("under-load", loaded, loaded_failures),
+        for phase, purge, values, failures, steps in (
+            ("idle", quiet_purged, quiet, quiet_failures, quiet_steps),
+            ("under-load", loaded_purged, loaded, loaded_failures, loaded_steps),
         ):
             metrics = {
                 "erasures": float(len(values)),
-                "erasure_p50_ms": 1000 * statistics.median(values),
-                "erasure_p95_ms": 1000 * percentile(values, 0.95),
-                "erasure_max_ms": 1000 * max(values),
+                "purge_p50_ms": 1000 * statistics.median(purge),
+                "purge_p95_ms": 1000 * percentile(purge, 0.95),
+                "purge_max_ms": 1000 * max(purge),
+                "answer_p50_ms": 1000 * statistics.median(values),
+                "answer_p95_ms": 1000 * percentile(values, 0.95),
                 "incomplete_purges": float(failures),
             }
+            for step in sorted({name for timing in steps for name in timing}):
+                metrics[f"step_{step}_p50_ms"] = statistics.median(
+                    timing.get(step, 0.0) for timing in steps
+                )
             if phase == "under-load":
                 metrics["load_requests_per_s"] = float(load["requests_per_s"])
                 metrics["load_p99_ms"] = float(load.get("latency_p99_ms", float("nan")))
@@ -197,21 +218,28 @@ def main() -> int:
         description=(
             "recloop serve on MovieLens-100K (EASE, 2 uvicorn workers, PostgreSQL event store, "
             "Redis cache) on this 2-core machine. Each erasure: GET the user's recommendations "
-            "(their candidates go to Redis), then DELETE /v1/users/{id}; the answer is sent "
-            "after the store transaction (events, profile, consent, slates, tombstone) and the "
-            "cache purge (Redis scan over every generation, then invalidation of every "
-            "worker), so request-to-answer time is the time to a complete purge. After each "
-            "answer the script checks from outside the service that PostgreSQL holds no event "
-            "or slate of the user, that no Redis key carries the user's scope, and that a "
-            "replayed event is refused (incomplete_purges counts failures). `idle`: no other "
-            "traffic; `under-load`: while wrk drives recommendation requests (32 connections), "
-            "whose throughput and p99 during the erasures are reported too. Each erasure "
-            "invalidates the whole cache, so the load's candidate-cache hit rate drops."
+            "(their candidates go to Redis), then DELETE /v1/users/{id}. The service deletes "
+            "the stored data in one transaction (events, profile, consent, ownership, slates, "
+            "tombstone), then forgets the user in the cache (a marker that refuses later "
+            "writes of the user's keys, then a Redis scan over every generation; the rest of "
+            "the cache stays warm), then stamps completed_at and answers. purge_*: from the "
+            "request leaving this script to completed_at (same machine, same clock): the time "
+            "to a complete purge; answer_*: from request to answer (under load the answer "
+            "waits its turn on the worker's event loop). step_*_p50_ms: the service's own "
+            "timing of each step (steps_ms in the answer), before_handler/after_handler the "
+            "time spent queued before and after it. After each answer the script checks from "
+            "outside the service that PostgreSQL holds no event or slate of the user, that no "
+            "Redis key carries the user's scope, and that a replayed event is refused "
+            "(incomplete_purges counts failures). `idle`: no other traffic; `under-load`: "
+            "while wrk drives recommendation requests (32 connections), whose throughput and "
+            "p99 during the erasures are reported too."
         ),
         columns=[
-            "erasure_p50_ms",
-            "erasure_p95_ms",
-            "erasure_max_ms",
+            "purge_p50_ms",
+            "purge_p95_ms",
+            "purge_max_ms",
+            "answer_p50_ms",
+            "answer_p95_ms",
             "incomplete_purges",
             "load_requests_per_s",
             "load_p99_ms",
