@@ -336,3 +336,52 @@ def test_cli_explains_with_ease_weights(ml100k_dir, monkeypatch: pytest.MonkeyPa
     rows = json.loads(result.output[result.output.index("[") :])
     assert [row["evidence"]["method"] for row in rows] == ["item_weights"] * 3
     assert all(row["text"].startswith("Because you watched ") for row in rows)
+
+
+class TitleScorer(ScriptedLLM):
+    """A local backend whose scores prefer one title."""
+
+    name = "scorer"
+
+    def __init__(self, title: str) -> None:
+        super().__init__(GOOD)
+        self.title = title
+        self.scored: list[str] = []
+
+    def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
+        self.scored.extend(continuations)
+        if not any("watched" in m.content.lower() for m in messages):
+            return [0.0] * len(continuations)  # without the history: no preference
+        return [0.0 if c.startswith(self.title) else -50.0 for c in continuations]
+
+
+def test_cli_reranks_the_models_top_with_the_llm(  # type: ignore[no-untyped-def]
+    ml100k_dir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from recloop.cli import app
+    from recloop.generative import cli_explain
+
+    monkeypatch.setenv("RECLOOP_DATA", str(ml100k_dir.parent))
+    runner = CliRunner()
+
+    def titles(output: str) -> list[str]:
+        return [r["evidence"]["item"]["title"] for r in json.loads(output[output.index("[") :])]
+
+    base = ["explain", "--user", "196", "--model", "Popular", "--json"]
+    plain = runner.invoke(app, [*base, "-n", "20"])
+    assert plain.exit_code == 0, plain.output
+    model_order = titles(plain.output)
+    scorer = TitleScorer(model_order[2])
+    monkeypatch.setattr(cli_explain, "text_generator_for", lambda backend: scorer)
+    args = [*base, "-n", "3", "--backend", "transformers", "--rerank", "llm"]
+    reranked = runner.invoke(app, args)
+    assert reranked.exit_code == 0, reranked.output
+    shown = titles(reranked.output)
+    # the history makes the LLM prefer the model's third item: fused with the model's order
+    # (rank fusion, weight 0.5) it comes first, and the others keep the model's order
+    assert shown == [model_order[2], model_order[0], model_order[1]]
+    assert len(scorer.scored) >= 20  # the model's top 20 were scored
+    refused = runner.invoke(app, [*base, "--rerank", "llm"])
+    assert refused.exit_code == 2 and "--rerank llm needs a language model" in refused.output

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import typer
 
 from recloop.errors import ConfigError, RecloopError
 
+if TYPE_CHECKING:  # scipy loads with it: only when a command re-ranks
+    from recloop.generative.rerank import LLMReranker
+
 BACKENDS = ("template", "transformers", "openai")
+RERANK_TOP_N = 20  # as the service's rerank=llm
 
 
 def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
@@ -35,6 +39,11 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         consent: bool = typer.Option(
             False, help="the user consents to their history going to a hosted backend"
         ),
+        rerank: str = typer.Option(
+            "none",
+            help="none, or llm: the backend's language model re-orders the model's top "
+            f"{RERANK_TOP_N} from the user's history before the top N are explained",
+        ),
         as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
     ) -> None:
         """Train (or load) a model, recommend N items to USER and explain each from evidence."""
@@ -44,17 +53,30 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
 
         if backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if rerank not in ("none", "llm"):
+            raise ConfigError(f"--rerank must be none or llm, not {rerank!r}")
+        if rerank == "llm" and backend == "template":
+            raise ConfigError(
+                "--rerank llm needs a language model: add --backend transformers or openai"
+            )
         data = load_dataset(dataset, console)
         if data.catalog is None:
             raise RecloopError(f"{dataset} has no catalogue: explanations need item titles")
         user_row(data, user)  # before training: a wrong id fails fast
         fitted = fit_or_load_model(model, load, data, console)
         facts = catalog_facts(data.catalog)
-        explainer = Explainer(
-            text_generator_for(backend), FaithfulnessChecker.from_items(facts.values())
-        )
-        with console.status("explaining"):
-            rows = explain_user(fitted, data, user, n, explainer, consent=consent)
+        generator = text_generator_for(backend)
+        explainer = Explainer(generator, FaithfulnessChecker.from_items(facts.values()))
+        with console.status("re-ranking and explaining" if rerank == "llm" else "explaining"):
+            rows = explain_user(
+                fitted,
+                data,
+                user,
+                n,
+                explainer,
+                consent=consent,
+                reranker=_reranker(generator) if rerank == "llm" else None,
+            )
         if as_json:
             typer.echo(json.dumps([row.to_dict() for row in rows], indent=2))
             return
@@ -62,9 +84,18 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
 
 
 def explain_user(
-    model: Any, data: Any, user: str, n: int, explainer: Any, *, consent: bool = False
+    model: Any,
+    data: Any,
+    user: str,
+    n: int,
+    explainer: Any,
+    *,
+    consent: bool = False,
+    reranker: LLMReranker | None = None,
 ) -> list[Any]:
-    """The user's top ``n`` items from ``model``, each explained (a list of Explanation)."""
+    """The user's top ``n`` items from ``model``, each explained (a list of Explanation);
+    with ``reranker``, the model's top ``reranker.top_n`` re-ordered by it first (the
+    evidence keeps the model's score: the model chose the item, the LLM only its place)."""
     from recloop.data.types import Queries
     from recloop.generative.evidence import build_evidence, catalog_facts, model_attribution
 
@@ -74,19 +105,21 @@ def explain_user(
     order = mine[np.argsort(inter.timestamp[mine], kind="stable")]
     history_idx = inter.item[order]
     queries = Queries(np.array([row]), np.array([0, len(history_idx)]), history_idx)
+    wanted = max(n, reranker.top_n) if reranker is not None else n
     if hasattr(model, "recommend_labelled"):  # one source per query: the model or popular
-        items, scores, sources = model.recommend_labelled(queries, n)
+        items, scores, sources = model.recommend_labelled(queries, wanted)
         source = str(sources[0])
     else:
-        items, scores = model.recommend(queries, n)
+        items, scores = model.recommend(queries, wanted)
         source = type(model).__name__
     facts = catalog_facts(data.catalog)
     attribution = model_attribution(model, inter.items)
     history = inter.items.ids(history_idx.tolist())
+    ranked = [(int(i), float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0]
+    if reranker is not None and ranked and history:
+        ranked = _reranked(reranker, data, history, ranked, source, consent)
     out = []
-    for index, score in zip(items[0], scores[0], strict=True):
-        if index < 0:
-            break
+    for index, score in ranked[:n]:
         evidence = build_evidence(
             inter.items.id_of(int(index)),
             history,
@@ -97,6 +130,43 @@ def explain_user(
         )
         out.append(explainer.explain(evidence, consent=consent))
     return out
+
+
+def _reranker(generator: Any) -> LLMReranker:
+    from recloop.generative.rerank import LLMReranker
+
+    return LLMReranker(generator, top_n=RERANK_TOP_N)
+
+
+def _reranked(
+    reranker: LLMReranker,
+    data: Any,
+    history: list[str],
+    ranked: list[tuple[int, float]],
+    source: str,
+    consent: bool,
+) -> list[tuple[int, float]]:
+    """``ranked`` (item index, model score) with its head re-ordered by ``reranker``."""
+    from recloop.generative.rerank import RerankCandidate, display_title
+
+    catalog = data.catalog
+    items = data.interactions.items
+    rows = {item: r for r, item in enumerate(catalog.items.ids())}
+    years = catalog.attributes.get("year")
+
+    def title(item_id: str) -> str:
+        r = rows.get(item_id)
+        if r is None:
+            return item_id
+        year = years[r] if years is not None else None
+        return display_title(str(catalog.title[r]), year) or item_id
+
+    recent = [title(item) for item in history[-reranker.history_len :]]
+    candidates = [
+        RerankCandidate(items.id_of(i), title(items.id_of(i)), s, source) for i, s in ranked
+    ]
+    by_id = dict(zip((c.item_id for c in candidates), ranked, strict=True))
+    return [by_id[c.item_id] for c in reranker.rerank(recent, candidates, consent=consent)]
 
 
 def user_row(data: Any, user: str) -> int:
