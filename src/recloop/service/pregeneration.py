@@ -17,9 +17,10 @@ hosted backend for users without generative consent (no prompt leaves ahead of a
 or with no active model. A request for an item the thread is explaining at that moment waits
 for it (:meth:`Pregenerator.wait_for`) instead of generating the same text twice.
 
-The cache token is taken before any of the user's data is read: an erasure (which
-invalidates the cache) landing while a slate is being explained makes its cache writes
-no-ops, and the purge that follows finds whatever got in before.
+An erasure landing while a slate is being explained makes its cache writes no-ops: Redis
+refuses writes of a forgotten user's keys (:meth:`~recloop.store.cache.Cache.forget`), and
+the in-process cache's invalidation voids the token taken before any of the user's data was
+read; the purge finds whatever got in before.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ _TEMPLATE = TemplateGenerator.name
 
 class _TokenCache:
     """The service cache with every write bound to one cache token: once the cache is
-    invalidated (an erasure, an item edit, a model activation) the writes are dropped."""
+    invalidated (an item edit, a model activation; an erasure with the in-process cache) the
+    writes are dropped."""
 
     def __init__(self, cache: Cache, token: int) -> None:
         self.cache = cache
