@@ -150,12 +150,17 @@ class Tour:
 
 
 def _stale(element: Any) -> bool:
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     try:
         element.tag_name  # noqa: B018  (touching it raises once the page was replaced)
     except StaleElementReferenceException:
         return True
+    except WebDriverException as exc:
+        # some ChromeDriver builds report a replaced page's node as an inspector error
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
     return False
 
 
