@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 
 from recloop.benchmark import BenchRecord, machine_info, make_record, write_results
-from recloop.data import Catalog, EvalSet
+from recloop.data import EvalSet
 from recloop.eval import paired_bootstrap, ranking_metrics
-from recloop.generative.rerank import LLMReranker, RawScores, RerankCandidate, display_title
+from recloop.generative.rerank import LLMReranker, RawScores, RerankCandidate, catalog_titles
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "ml-100k" / "loo" / "EASE.toml"
@@ -68,12 +68,6 @@ class Scored:
     raw: list[RawScores]
     seconds_per_user: float
     devices: list[str]  # where the LLM scores were computed (from the checkpoint)
-
-
-def item_titles(catalog: Catalog) -> list[str]:
-    """``Title (year)`` per item: what the prompt and the candidates show."""
-    years = catalog.attributes.get("year", [None] * len(catalog))
-    return [display_title(t, y) for t, y in zip(catalog.title, years, strict=True)]
 
 
 class Checkpoint:
@@ -211,7 +205,7 @@ def main() -> None:
     run = load_run_config(CONFIG)
     dataset = movielens_100k()
     assert dataset.catalog is not None
-    titles = item_titles(dataset.catalog)
+    titles = catalog_titles(dataset.catalog)
     split = split_data(dataset, run.data, SEED)
     fit_began = time.perf_counter()
     model = build_model("EASE", run.model.config).fit(split)

@@ -116,8 +116,8 @@ def explain_user(
     attribution = model_attribution(model, inter.items)
     history = inter.items.ids(history_idx.tolist())
     ranked = [(int(i), float(s)) for i, s in zip(items[0], scores[0], strict=True) if i >= 0]
-    if reranker is not None and ranked and history:
-        ranked = _reranked(reranker, data, history, ranked, source, consent)
+    if reranker is not None and ranked and len(history_idx):
+        ranked = _reranked(reranker, data, history_idx, ranked, source, consent)
     out = []
     for index, score in ranked[:n]:
         evidence = build_evidence(
@@ -141,32 +141,19 @@ def _reranker(generator: Any) -> LLMReranker:
 def _reranked(
     reranker: LLMReranker,
     data: Any,
-    history: list[str],
+    history_idx: np.ndarray,
     ranked: list[tuple[int, float]],
     source: str,
     consent: bool,
 ) -> list[tuple[int, float]]:
     """``ranked`` (item index, model score) with its head re-ordered by ``reranker``."""
-    from recloop.generative.rerank import RerankCandidate, display_title
+    from recloop.generative.rerank import RerankCandidate, catalog_titles
 
-    catalog = data.catalog
-    items = data.interactions.items
-    rows = {item: r for r, item in enumerate(catalog.items.ids())}
-    years = catalog.attributes.get("year")
-
-    def title(item_id: str) -> str:
-        r = rows.get(item_id)
-        if r is None:
-            return item_id
-        year = years[r] if years is not None else None
-        return display_title(str(catalog.title[r]), year) or item_id
-
-    recent = [title(item) for item in history[-reranker.history_len :]]
-    candidates = [
-        RerankCandidate(items.id_of(i), title(items.id_of(i)), s, source) for i, s in ranked
-    ]
-    by_id = dict(zip((c.item_id for c in candidates), ranked, strict=True))
-    return [by_id[c.item_id] for c in reranker.rerank(recent, candidates, consent=consent)]
+    titles = catalog_titles(data.catalog)  # the catalogue shares the interactions' item ids
+    recent = [titles[i] for i in history_idx[-reranker.history_len :]]
+    candidates = [RerankCandidate(str(i), titles[i], s, source) for i, s in ranked]
+    order = reranker.rerank(recent, candidates, consent=consent)
+    return [ranked[c.source_rank] for c in order]
 
 
 def user_row(data: Any, user: str) -> int:

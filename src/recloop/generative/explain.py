@@ -376,14 +376,9 @@ class Explainer:
     def _request(
         self, evidence: Evidence, messages: tuple[Message, ...] | None = None
     ) -> GenerationRequest:
-        return GenerationRequest(
-            task=TASK,
-            evidence=evidence.to_dict(),
-            messages=messages if messages is not None else explanation_messages(evidence),
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            contains_personal_data=evidence.has_personal_data,
-        )
+        """The first attempt's request (no budget limits), for consent checks and templates."""
+        prompt = messages if messages is not None else explanation_messages(evidence)
+        return self._attempt(evidence, prompt, None)
 
     def _template(
         self, evidence: Evidence, *, reason: str | None = None, **extra: Any

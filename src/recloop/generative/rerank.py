@@ -348,6 +348,13 @@ def display_title(title: str, year: Any = None) -> str:
     return title
 
 
+def catalog_titles(catalog: Any) -> list[str]:
+    """``Title (year)`` of every item of a :class:`~recloop.data.types.Catalog`, by item index:
+    what the prompt and the candidates show."""
+    years = catalog.attributes.get("year", [None] * len(catalog))
+    return [display_title(t, y) for t, y in zip(catalog.title, years, strict=True)]
+
+
 def rerank_items(
     reranker: LLMReranker,
     history_titles: Sequence[str],
