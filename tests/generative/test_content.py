@@ -263,6 +263,10 @@ def test_llm_answer_references_are_constrained_and_the_prompt_is_guarded() -> No
         ("# **Bold**\nx", ("Bold", "x")),
         ("Only a title", ("Only a title", "")),
         ("   ", ("", "")),
+        (
+            "«BEGIN item 1»\nNight Films\nFour dark picks.\n«END item 1»",
+            ("Night Films", "Four dark picks."),
+        ),
     ],
 )
 def test_split_title(text: str, expected: tuple[str, str]) -> None:

@@ -52,7 +52,7 @@ from recloop.generative.llm import (
 )
 from recloop.generative.quality import ContentError, GeneratedPiece, store_items, visible
 from recloop.generative.review import ReviewedPiece, ReviewQueue
-from recloop.generative.safety import SYSTEM_GUARD, constrain_ids, untrusted
+from recloop.generative.safety import CLOSE, OPEN, SYSTEM_GUARD, constrain_ids, untrusted
 from recloop.service.engine import Candidate
 from recloop.store.events import EventStore, ItemRecord, item_records
 
@@ -368,11 +368,16 @@ def _prompt(
     )
 
 
+_BLOCK_DELIMITER = re.compile(rf"{OPEN}(?:BEGIN|END)\b[^{CLOSE}\n]*{CLOSE}")
+
+
 def split_title(text: str) -> tuple[str, str]:
     """(title, description) of an answer: the first non-empty line, then the rest.
 
-    Markdown markers, ``Title:``/``Description:`` labels and quotes around the title go.
+    Markdown markers, ``Title:``/``Description:`` labels and quotes around the title go, and
+    so do the prompt's data-block delimiters (``«BEGIN item 1»``) when a model echoes them.
     """
+    text = _BLOCK_DELIMITER.sub("", text)
     lines = [line.strip() for line in text.strip().splitlines()]
     while lines and not lines[0]:
         lines.pop(0)
