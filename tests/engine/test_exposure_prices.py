@@ -14,6 +14,7 @@ from recloop.engine.exposure_prices import (
     apply_exposure_prices,
     exposure_price_rerank,
     gini_exposure_weights,
+    priced_scores,
 )
 from recloop.engine.fairness import min_exposure_rerank
 from recloop.errors import ConfigError, DataError
@@ -162,6 +163,11 @@ def test_prices_support_the_allocation_and_apply_per_request() -> None:
     np.testing.assert_array_equal(single[0], again[7])
     zero, _ = apply_exposure_prices(cands, scores, np.zeros(60), 10)
     np.testing.assert_array_equal(zero, cands[:, :10])
+    # what the service orders a request's candidates by: z − price, −inf where nothing is shown
+    priced = priced_scores(cands, scores, out.prices)
+    np.testing.assert_allclose(priced, adjusted)
+    padded = priced_scores(np.array([[3, -1]]), np.array([[1.0, 0.0]]), out.prices)
+    assert padded[0, 1] == -np.inf and np.isfinite(padded[0, 0])
 
 
 def test_inputs_are_validated() -> None:
@@ -184,3 +190,5 @@ def test_inputs_are_validated() -> None:
         apply_exposure_prices(cands, scores, np.full(10, np.nan), 3)
     with pytest.raises(DataError, match="outside"):
         apply_exposure_prices(cands, scores, np.zeros(4), 3)
+    with pytest.raises(DataError, match="equal 2-D shapes"):
+        priced_scores(cands, scores[:, :2], np.zeros(10))

@@ -40,6 +40,7 @@ __all__ = [
     "apply_exposure_prices",
     "exposure_price_rerank",
     "gini_exposure_weights",
+    "priced_scores",
 ]
 
 
@@ -230,10 +231,27 @@ def _solve(
     return shown, prices
 
 
+def priced_scores(candidates: np.ndarray, scores: np.ndarray, prices: np.ndarray) -> np.ndarray:
+    """``z − price`` of every candidate (−inf for padding and non-finite scores): ``z`` the
+    row's candidate scores as z-scores, as :func:`exposure_price_rerank` fits them."""
+    items = np.asarray(candidates)
+    s = np.asarray(scores, dtype=np.float64)
+    if items.ndim != 2 or items.shape != s.shape:
+        raise DataError(
+            f"candidates and scores must be equal 2-D shapes, not {items.shape}, {s.shape}"
+        )
+    price = np.asarray(prices, dtype=np.float64)
+    if price.ndim != 1 or not np.isfinite(price).all():
+        raise DataError("prices must be a finite 1-D array over items")
+    z, valid = _utility(items, s)
+    _check_rows(items, valid, len(price))
+    return np.where(valid, z - price[np.maximum(items, 0)], -np.inf)
+
+
 def apply_exposure_prices(
     candidates: np.ndarray, scores: np.ndarray, prices: np.ndarray, k: int = 10
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's top-``k`` by ``z − price``, one row at a time (no batch needed).
+    """Each row's top-``k`` by ``z − price`` (:func:`priced_scores`), one row at a time.
 
     ``prices`` per item, as :func:`exposure_price_rerank` returns them (in z-units, so they
     apply to any model's scores). Prices fitted on a batch applied to the same batch give back
@@ -243,12 +261,8 @@ def apply_exposure_prices(
     """
     items, s = check_candidates(candidates, scores, k)
     assert s is not None
-    price = np.asarray(prices, dtype=np.float64)
-    if price.ndim != 1 or not np.isfinite(price).all():
-        raise DataError("prices must be a finite 1-D array over items")
-    z, valid = _utility(items, s)
-    _check_rows(items, valid, len(price))
-    adjusted = np.where(valid, z - price[np.maximum(items, 0)], -np.inf)
+    adjusted = priced_scores(items, s, prices)
+    valid = np.isfinite(adjusted)
     order = np.lexsort((np.arange(items.shape[1])[None, :].repeat(len(items), 0), -adjusted))
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(items.shape[1])[None, :], axis=1)

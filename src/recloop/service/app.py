@@ -344,7 +344,8 @@ def _add_routes(app: FastAPI) -> None:
 
         Items the user already has an event for, and hidden or unavailable items, never
         appear. A user with no usable history gets the model's popularity answer, labelled
-        ``source="popular"``.
+        ``source="popular"``. When exposure prices are fitted for the active version
+        (``recloop model prices``), the model's candidates are re-ranked with them first.
         """
         # Runs on the event loop, not in the thread pool: its store reads and model call take
         # about a millisecond, and one request at a time per worker keeps the latency tail
@@ -362,7 +363,12 @@ def _add_routes(app: FastAPI) -> None:
         preferences = state.store.get_preferences(user_id) if history else {}
         loop = state.loop if state.settings.loop else None
         wanted = max(n, loop.config.candidates_per_source) if loop is not None else n
-        candidates = _candidates(state, model, user_id, events, history, wanted, excluded, token)
+        prices = state.prices.current(model.version)  # exposure-fair re-ranking, when fitted
+        pool = max(wanted, prices.candidates) if prices is not None else wanted
+        candidates = _candidates(state, model, user_id, events, history, pool, excluded, token)
+        if prices is not None:
+            candidates = prices.rerank(candidates, n)[:wanted]
+            state.counters["priced"].inc()
         slate_id = uuid.uuid4().hex
         shown = max(n, LLM_RERANK_TOP_N) if rerank == "llm" else n
         if loop is not None:

@@ -268,6 +268,60 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         version = ArtifactRegistry(_settings(home, None).models_dir).rollback()
         console.print(f"rolled back: {version} is active")
 
+    @model_app.command("prices")
+    @user_errors
+    def model_prices(
+        version: str | None = typer.Argument(None, help="e.g. v0002 (default: the active one)"),
+        strength: float = typer.Option(
+            3.0, min=0.0, help="exposure price in z-units: higher spreads impressions more"
+        ),
+        candidates: int = typer.Option(
+            100, min=1, max=1000, help="model candidates per user the prices choose among"
+        ),
+        k: int = typer.Option(10, min=1, help="list length the batch is fitted for"),
+        max_users: int = typer.Option(
+            5000, min=1, help="stored users the prices are fitted on (a seeded sample beyond)"
+        ),
+        seed: int = typer.Option(0, help="seed of the user sample"),
+        clear: bool = typer.Option(False, "--clear", help="remove the version's prices"),
+        home: Path | None = HomeOption,
+        db: str | None = DbOption,
+    ) -> None:
+        """Fit exposure prices for a version: the service then re-ranks its candidates to
+        spread impressions (docs/fairness.md, "In the service"); refit when the data drifts."""
+        from recloop.service.prices import clear_prices, fit_prices
+        from recloop.store.artifacts import ArtifactRegistry
+
+        settings = _settings(home, db)
+        registry = ArtifactRegistry(settings.models_dir)
+        chosen = version or registry.active()
+        if chosen is None:
+            raise ConfigError("no version is active; name one (recloop model list)")
+        registry.info(chosen)  # an unknown version fails with the known ones listed
+        if clear:
+            found = clear_prices(settings.prices_dir, chosen)
+            console.print(f"{chosen}: exposure prices removed" if found else f"{chosen}: none")
+            return
+        if candidates > settings.candidates:
+            raise ConfigError(
+                f"--candidates {candidates} exceeds the {settings.candidates} candidates the "
+                "service caches per user (RECLOOP_CANDIDATES)"
+            )
+        store = _store(settings)
+        try:
+            with console.status(f"fitting exposure prices for {chosen}"):
+                manifest = fit_prices(
+                    store, registry, settings.prices_dir, chosen, strength,
+                    candidates=candidates, k=k, max_users=max_users, seed=seed,
+                )  # fmt: skip
+        finally:
+            store.close()
+        console.print(
+            f"{chosen}: exposure prices fitted on {manifest['users']} users in "
+            f"{manifest['seconds']:.1f} s; Gini@{k} of their lists "
+            f"{manifest['gini_before']:.3f} → {manifest['gini_after']:.3f}"
+        )
+
 
 def _register_privacy(console: Any, user_errors: Any) -> None:
     """``recloop privacy consent|owner|erase|audit|purge`` (the same code as the service's

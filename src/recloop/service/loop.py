@@ -43,6 +43,7 @@ from recloop.engine.loop import (
     posteriors_from_counts,
     segment_of,
 )
+from recloop.errors import ConfigError
 from recloop.service.engine import Candidate
 from recloop.store.events import EventStore, ItemRecord
 from recloop.store.privacy import PrivacyLog
@@ -360,8 +361,10 @@ class Retrainer:
         min_events: int = 0,
         model: str | None = None,
         stale_s: float = 3600.0,
+        prices_dir: Path | None = None,
     ) -> None:
         self.store = store
+        self.prices_dir = prices_dir
         self.log = SlateLog(store)
         self.privacy = PrivacyLog(store)
         self.registry = registry
@@ -422,6 +425,7 @@ class Retrainer:
                     str(self.registry.root),
                     name,
                     config,
+                    None if self.prices_dir is None else str(self.prices_dir),
                 ).result()
         except Exception as exc:
             self.log.finish_retrain(seq, status="failed", detail=f"{type(exc).__name__}: {exc}")
@@ -432,13 +436,41 @@ class Retrainer:
         return version
 
 
-def _train_and_activate(db_url: str, models_dir: str, name: str, config: Any) -> str:
-    """In the child process: fit on every stored event, register, activate."""
+def _train_and_activate(
+    db_url: str, models_dir: str, name: str, config: Any, prices_dir: str | None = None
+) -> str:
+    """In the child process: fit on every stored event, register, activate.
+
+    When the replaced version had exposure prices, the new one gets prices fitted with the same
+    settings before it is activated, so the service never serves it unpriced; a failed fit is
+    logged and the new version activated without them (a rebuild after erasure must go on).
+    """
     from recloop.service.bootstrap import train_version
+    from recloop.service.prices import fit_prices, load_prices
     from recloop.store.artifacts import ArtifactRegistry
 
+    registry = ArtifactRegistry(Path(models_dir))
     with EventStore(db_url) as store:
-        return train_version(store, ArtifactRegistry(Path(models_dir)), name, config)
+        previous = registry.active()
+        kept = None
+        if prices_dir is not None and previous is not None:
+            try:
+                kept = load_prices(Path(prices_dir), previous)
+            except ConfigError:
+                log.exception("cannot read the exposure prices of %s to refit them", previous)
+        version = train_version(store, registry, name, config, activate=kept is None)
+        if kept is None or prices_dir is None:
+            return version
+        try:
+            fit_prices(
+                store, registry, Path(prices_dir), version, kept.strength,
+                candidates=kept.candidates, k=int(kept.manifest["k"]),
+                max_users=kept.manifest.get("max_users"), seed=int(kept.manifest["seed"]),
+            )  # fmt: skip
+        except Exception:
+            log.exception("could not refit exposure prices for %s; activating without", version)
+        registry.activate(version)
+        return version
 
 
 def loop_config_from(path: Path | None) -> LoopConfig:
@@ -448,7 +480,5 @@ def loop_config_from(path: Path | None) -> LoopConfig:
     try:
         text = path.read_text()
     except OSError as exc:
-        from recloop.errors import ConfigError
-
         raise ConfigError(f"cannot read loop config {path}: {exc.strerror}") from None
     return LoopConfig.from_json(text, str(path))

@@ -63,7 +63,10 @@ class ServiceSettings(BaseModel):
         "worker at once).",
     )
     model_check_s: float = Field(
-        default=1.0, gt=0.0, description="How often a worker looks for a newly activated model."
+        default=1.0,
+        gt=0.0,
+        description="How often a worker looks for a newly activated model and for newly "
+        "fitted or cleared exposure prices.",
     )
     loop: bool = Field(
         default=True,
@@ -139,6 +142,11 @@ class ServiceSettings(BaseModel):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def prices_dir(self) -> Path:
+        """Fitted exposure prices per model version (``recloop model prices``)."""
+        return self.home / "exposure_prices"
 
     @property
     def generation_file(self) -> Path:

@@ -16,6 +16,7 @@ from recloop.service.loop import LiveLoop, LoopUpdater, Retrainer, loop_config_f
 from recloop.service.observability import register_stats
 from recloop.service.owners import UserOwners
 from recloop.service.pregeneration import COUNTERS, GAUGES, METRIC_PREFIX, Pregenerator
+from recloop.service.prices import PriceHolder
 from recloop.service.privacy import ConsentReader, ErasedUsers
 from recloop.service.ratelimit import RateLimiter
 from recloop.service.settings import ServiceSettings
@@ -46,6 +47,7 @@ class ServiceState:
     consent: ConsentReader
     owners: UserOwners
     pregenerator: Pregenerator
+    prices: PriceHolder
     counters: dict[str, Counter] = field(default_factory=dict)
     # Components other modules attach by name (the loop, the generative module), built once.
     extensions: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +71,11 @@ class ServiceState:
             "rejected": Counter(
                 "recloop_events_rejected", "Events rejected for bad fields", registry=metrics
             ),
+            "priced": Counter(
+                "recloop_exposure_priced_slates",
+                "Personalised slates re-ranked with the active version's exposure prices",
+                registry=metrics,
+            ),
         }
         loop = LiveLoop(store, loop_config_from(settings.loop_config))
         retrain = Retrainer(  # always: erasures trigger a rebuild even without a schedule
@@ -77,6 +84,7 @@ class ServiceState:
             every_s=settings.retrain_every_s,
             min_events=settings.retrain_min_events,
             model=settings.retrain_model,
+            prices_dir=settings.prices_dir,
         )
         cache = open_cache(
             settings.cache_url,
@@ -114,6 +122,7 @@ class ServiceState:
             pregenerator=Pregenerator(
                 positions=explain.pregenerate, max_queue=explain.pregenerate_queue
             ),
+            prices=PriceHolder(settings.prices_dir, check_every_s=settings.model_check_s),
             counters=counters,
         )
         # read through the state at every scrape: whichever pregenerator it holds then
