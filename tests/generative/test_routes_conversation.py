@@ -217,9 +217,15 @@ def test_another_worker_continues_the_conversation(shared_service: Service) -> N
     assert not {it["item_id"] for it in first["items"]} & {it["item_id"] for it in answer["items"]}
 
 
-def test_conversations_belong_to_their_key(local_service: Service) -> None:
-    client, keys, _ = local_service
+def test_conversations_belong_to_their_application(local_service: Service) -> None:
+    client, keys, state = local_service
     cid = start(client, keys["client"], "u3", "a comedy")["conversation_id"]
+    # another key of the same application (e.g. the rotated one) continues it
+    same_app = create_key(state.store, "second key", "client", owner="test client")[1]
+    assert say(client, same_app, cid, "older")["turn"] == 2
+    # an admin may continue it too, and it stays the application's
+    assert say(client, keys["admin"], cid, "no romance")["turn"] == 3
+    assert client.get(f"/v1/conversations/{cid}", headers=bearer(keys["client"])).status_code == 200
     for path in (f"/v1/conversations/{cid}", "/v1/conversations/" + "0" * 32):
         assert client.get(path, headers=bearer(keys["other"])).status_code == 404
     denied = client.post(

@@ -214,7 +214,10 @@ def _key(conversation_id: str) -> str:
     return f"conversation:{conversation_id}|u={scope}|"
 
 
-def _load(state: ServiceState, conversation_id: str, principal: Principal) -> Conversation:
+def _load(
+    state: ServiceState, conversation_id: str, principal: Principal
+) -> tuple[Conversation, str]:
+    """The conversation and the client application it belongs to; 404 for another one's."""
     raw = state.cache.get(_key(conversation_id))
     missing = HTTPException(404, f"unknown or expired conversation {conversation_id!r}")
     if raw is None:
@@ -222,17 +225,19 @@ def _load(state: ServiceState, conversation_id: str, principal: Principal) -> Co
     try:
         data = json.loads(raw)
         conversation = Conversation.from_json(data["state"])
-        owner = data["key_id"]
+        owner = str(data["owner"])
     except (ValueError, KeyError, TypeError, ConversationError):
         log.warning("dropping an unreadable conversation state %s", conversation_id)
         raise missing from None
-    if owner != principal.key_id and principal.role != "admin":
+    if owner != principal.owner and principal.role != "admin":
         raise missing  # another client's conversation: not even its existence is told
-    return conversation
+    return conversation, owner
 
 
-def _save(state: ServiceState, conversation: Conversation, principal: Principal) -> None:
-    payload = {"key_id": principal.key_id, "state": conversation.to_json()}
+def _save(state: ServiceState, conversation: Conversation, owner: str) -> None:
+    """Kept under the client application (``owner``), not the key, so any of the
+    application's keys, a rotated one too, can continue it."""
+    payload = {"owner": owner, "state": conversation.to_json()}
     state.cache.set(
         _key(conversation.conversation_id),
         json.dumps(payload, ensure_ascii=False).encode(),
@@ -241,7 +246,7 @@ def _save(state: ServiceState, conversation: Conversation, principal: Principal)
 
 
 def _turn(
-    state: ServiceState, conversation: Conversation, message: str, principal: Principal
+    state: ServiceState, conversation: Conversation, message: str, owner: str
 ) -> ConversationAnswer:
     recommender, notes = _recommender(state)
     user_id = conversation.user_id or ""
@@ -255,7 +260,7 @@ def _turn(
         )
     except ConversationError as exc:
         raise HTTPException(422, str(exc)) from None
-    _save(state, answer.state, principal)
+    _save(state, answer.state, owner)
     last = answer.state.turns[-1]
     return ConversationAnswer(
         conversation_id=answer.state.conversation_id,
@@ -299,7 +304,7 @@ def start_conversation(
     state = service_state(request)
     state.owners.check(principal, body.user_id)  # their history is read: 403 for others
     conversation = Conversation.new(body.user_id, _new_id(body.user_id))
-    return _turn(state, conversation, body.message, principal)
+    return _turn(state, conversation, body.message, principal.owner)
 
 
 @router.post(
@@ -314,8 +319,8 @@ def add_message(
     """The next turn: a follow-up ("something older", "no, funnier") refines the previous
     constraints; a new request replaces them. Items already shown are not shown again."""
     state = service_state(request)
-    conversation = _load(state, conversation_id, principal)
-    return _turn(state, conversation, body.message, principal)
+    conversation, owner = _load(state, conversation_id, principal)
+    return _turn(state, conversation, body.message, owner)
 
 
 @router.get(
@@ -329,7 +334,7 @@ def get_conversation(
 ) -> ConversationState:
     """A conversation's turns, the constraints now in force and every item shown."""
     state = service_state(request)
-    conversation = _load(state, conversation_id, principal)
+    conversation, _ = _load(state, conversation_id, principal)
     return ConversationState(
         conversation_id=conversation.conversation_id,
         user_id=conversation.user_id or "",
