@@ -162,3 +162,22 @@ def test_an_llm_backend_reranks_and_its_text_is_grounded(monkeypatch: pytest.Mon
     assert answer["text"].startswith("Start with ") and "Matrix" not in answer["text"]
     assert_real(answer["items"])
     assert all(1990 <= i["year"] <= 1999 and "Comedy" in i["genres"] for i in answer["items"])
+
+
+def test_state_file_resumes_the_conversation_across_runs(tmp_path: Any) -> None:
+    path = tmp_path / "talk.json"
+    (first,) = turns("--state", str(path), "--message", "a 90s comedy like Toy Story")
+    saved = json.loads(path.read_text())
+    assert saved["conversation_id"] == first["conversation_id"] and len(saved["turns"]) == 1
+    (second,) = turns("--state", str(path), "--message", "something older")
+    # the second run continues the first: same conversation, turn 2, a refining follow-up
+    assert second["conversation_id"] == first["conversation_id"] and second["turn"] == 2
+    assert second["follow_up"] and second["constraints"]["year_max"] == 1991
+    assert not {i["item_id"] for i in first["items"]} & {i["item_id"] for i in second["items"]}
+    assert len(json.loads(path.read_text())["turns"]) == 2
+    other = chat("--state", str(path), "--user", "u1", "--message", "a comedy", code=2)
+    assert "an anonymous conversation; pass no --user to resume it" in other.stderr
+    path.write_text("{not json")
+    broken = chat("--state", str(path), "--message", "a comedy", code=2)
+    assert f"--state {path}: not a saved conversation" in broken.stderr
+    assert "Traceback" not in broken.output

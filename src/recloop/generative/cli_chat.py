@@ -5,7 +5,8 @@ each message is parsed into constraints against the catalogue, candidates come f
 index over item text, the collaborative model's neighbours and (with ``--user``) the user's
 profile, and the answer names only catalogue items. ``--message`` (repeatable) gives the turns
 of one conversation; without it, messages are read one a line from the terminal or a pipe
-until end of input or ``quit``, and the conversation state is kept across them.
+until end of input or ``quit``, and the conversation state is kept across them. ``--state
+FILE`` keeps it in a JSON file between runs.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         as_json: bool = typer.Option(
             False, "--json", help="print one JSON object per turn, one a line"
         ),
+        state_file: Path | None = typer.Option(
+            None,
+            "--state",
+            help="keep the conversation in this JSON file: an existing one is resumed (same "
+            "--user), and every turn is written back",
+        ),
     ) -> None:
         """Ask for recommendations in words; follow-ups ("something older") refine the last
         turn and nothing is shown twice."""
@@ -90,18 +97,21 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         data = load_data(dataset, console)
         if data.catalog is None:
             raise RecloopError(f"{dataset} has no catalogue: a conversation needs item titles")
+        state = read_state(state_file, user) if state_file is not None else Conversation.new(user)
         history, seen = user_history(data, user) if user is not None else ([], set())
         generator = cli_explain.text_generator_for(backend)
         fitted = cli_explain.fit_or_load_model(model, load, data, console)
         bot, notes = build_recommender(data, fitted, generator, k, user is not None, console)
         for note in notes:
             _note(console, note, as_json)
-        state = Conversation.new(user)
+        earlier = len(state.turns)
 
         def turn(state: Any, text: str, number: int) -> Any:
             with console.status("thinking"):
                 answer = bot.respond(state, text, history, exclude=seen, consent=consent)
-            out = turn_json(bot, answer, number, user, fitted)
+            if state_file is not None:
+                write_state(state_file, answer.state)
+            out = turn_json(bot, answer, earlier + number, user, fitted)
             if as_json:
                 typer.echo(json.dumps(out, ensure_ascii=False))
             else:
@@ -124,6 +134,37 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
                 typer.echo(f"error: {exc}", err=True)
         if not answered and not interactive:
             raise RecloopError("no message: give --message TEXT or one message a line on stdin")
+
+
+def read_state(path: Path, user: str | None) -> Any:
+    """The conversation kept in ``path`` (a new one when the file does not exist yet)."""
+    from recloop.generative.conversation import Conversation, ConversationError
+
+    if not path.exists():
+        return Conversation.new(user)
+    try:
+        state = Conversation.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, ConversationError) as exc:
+        raise ConfigError(f"--state {path}: not a saved conversation ({exc})") from None
+    if state.user_id != user:
+        raise ConfigError(
+            f"--state {path} is {_whose(state.user_id)} conversation; pass "
+            + (f"--user {state.user_id}" if state.user_id else "no --user")
+            + " to resume it"
+        )
+    return state
+
+
+def _whose(user: str | None) -> str:
+    return f"user {user!r}'s" if user else "an anonymous"
+
+
+def write_state(path: Path, state: Any) -> None:
+    """Write the conversation to ``path`` through a temporary file, so a crash leaves the
+    previous turn's state, never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.replace(path)
 
 
 def load_data(name: str, console: Any) -> Any:
