@@ -86,6 +86,38 @@ def test_consent_defaults_changes_and_audit(
     assert [e["action"] for e in audit.json()["entries"]] == ["consent"]
 
 
+def test_a_consent_change_keeps_the_rest_of_the_cache_warm(
+    service: tuple[TestClient, dict[str, str], ServiceState, Any],
+) -> None:
+    client, keys, state, _ = service
+    recommend(client, keys["client"], "u1")  # caches u1's candidates
+    cached = [key for key in _keys(state) if key.startswith("candidates:")]
+    assert cached
+    token = state.cache.token()
+    body = {"personalisation": False, "training": True, "generative": False}
+    assert (
+        client.put("/v1/users/u2/consent", json=body, headers=bearer(keys["client"])).json() == body
+    )
+    assert recommend(client, keys["client"], "u2")["personalised"] is False  # seen at once
+    if state.settings.cache_url is None:
+        # in-process caches share only the generation file with other processes (workers,
+        # the CLI), which cannot carry one key: they are invalidated, as documented
+        assert state.cache.token() != token
+    else:  # Redis: no invalidation, u1's candidates are still there
+        assert state.cache.token() == token
+        assert all(state.cache.get(key) is not None for key in cached)
+
+
+def _keys(state: ServiceState) -> list[str]:
+    """The cache's keys, without the namespace and generation prefix on Redis."""
+    cache: Any = state.cache
+    if hasattr(cache, "entry_keys"):
+        return list(cache.entry_keys())
+    prefix = f"{cache.namespace}:{cache.token()}:"
+    names = (n.decode() for n in cache._client.scan_iter(match=prefix + "*"))
+    return [n[len(prefix) :] for n in names]
+
+
 def test_erasure_reaches_store_caches_logs_and_models(
     service: tuple[TestClient, dict[str, str], ServiceState, Any],
 ) -> None:

@@ -421,3 +421,46 @@ def test_in_process_forget_purges_and_invalidates(tmp_path: Path) -> None:
     assert peer.get(f"cand{user_scope('u2')}") is None
     peer.set(f"cand{scope}", b"late", token=token)
     assert peer.get(f"cand{scope}") is None
+
+
+def test_overwrite_beats_a_reader_that_read_before_the_change(tmp_path: Path) -> None:
+    """The consent pattern: a reader misses, reads the old source; the writer changes the
+    source and overwrites; the reader's late ``if_absent`` write must not win."""
+    cache = InProcessCache()
+    cache.set("other", b"warm")
+    token = cache.token()  # the reader, about to read the old value
+    cache.overwrite("consent", b"new", ttl=60)  # the writer
+    cache.set("consent", b"old", ttl=60, token=token, if_absent=True)  # the late reader
+    assert cache.get("consent") == b"new" and cache.get("other") == b"warm"
+    # an expired value does not block a reader
+    cache.set("short", b"x", ttl=0.01)
+    time.sleep(0.02)
+    cache.set("short", b"y", if_absent=True)
+    assert cache.get("short") == b"y"
+    # processes sharing a generation file cannot be reached per key: they are invalidated
+    shared = InProcessCache(generation_file=tmp_path / "generation")
+    peer = InProcessCache(generation_file=tmp_path / "generation")
+    peer.set("consent", b"old")
+    shared.overwrite("consent", b"new")
+    assert peer.get("consent") is None and shared.get("consent") == b"new"
+
+
+def test_redis_overwrite_keeps_the_cache_warm_and_beats_a_late_reader(
+    caches: Callable[..., RedisCache],
+) -> None:
+    writer, reader = caches(), caches()
+    scope = user_scope("u1")
+    reader.set("popular:10", b"warm")
+    reader.set(f"consent{scope}", b"111")
+    token = reader.token()
+    writer.overwrite(f"consent{scope}", b"011", ttl=60)
+    assert reader.get(f"consent{scope}") == b"011"  # every worker sees it at once
+    reader.set(f"consent{scope}", b"111", ttl=60, token=token, if_absent=True)
+    assert reader.get(f"consent{scope}") == b"011" and reader.token() == token
+    assert reader.get("popular:10") == b"warm"  # nothing else was dropped
+    reader.set("plain", b"a")
+    reader.set("plain", b"b", if_absent=True)  # unscoped keys: SET NX too
+    assert reader.get("plain") == b"a"
+    writer.forget(scope)  # an erased user's consent is not written back
+    writer.overwrite(f"consent{scope}", b"000")
+    assert reader.get(f"consent{scope}") is None

@@ -183,13 +183,22 @@ class ConsentReader:
             return Consent(p == "1", t == "1", g == "1")
         token = self.cache.token()
         value = self.log.consent(user_id)
-        flags = "".join(
-            "1" if f else "0" for f in (value.personalisation, value.training, value.generative)
+        flags = _flags(value)
+        # not over a value a consent change wrote meanwhile (this read may predate it)
+        self.cache.set(
+            self.key(user_id), flags.encode(), ttl=self.ttl_s, token=token, if_absent=True
         )
-        self.cache.set(self.key(user_id), flags.encode(), ttl=self.ttl_s, token=token)
         return value
 
     def set(self, user_id: str, value: Consent, actor: str) -> None:
+        """Store the change, then write it through the cache for every worker; nothing else
+        in the cache depends on consent (each request reads it first), so the rest stays."""
         self.log.set_consent(user_id, value, actor)
-        self.cache.delete(self.key(user_id))
-        self.cache.invalidate()  # other workers' in-process copies too
+        self.cache.overwrite(self.key(user_id), _flags(value).encode(), ttl=self.ttl_s)
+
+
+def _flags(value: Consent) -> str:
+    """The three flags as the cached "101" string (personalisation, training, generative)."""
+    return "".join(
+        "1" if f else "0" for f in (value.personalisation, value.training, value.generative)
+    )

@@ -40,6 +40,12 @@ class Cache(Protocol):
     A value computed from data read after :meth:`token` is stored with ``set(..., token=t)``:
     if the cache was invalidated in between, it is dropped, so a computation that raced an
     invalidation can never put its stale result back.
+
+    A key whose source changes in place (a consent flag) is kept fresh without invalidating
+    everything: the writer changes the source, then writes the new value with
+    :meth:`overwrite`; readers that miss store what they read with
+    ``set(..., if_absent=True)``, so a reader that read the old source before the change
+    cannot replace the writer's value.
     """
 
     def get(self, key: str) -> bytes | None: ...
@@ -47,8 +53,16 @@ class Cache(Protocol):
     def token(self) -> int: ...
 
     def set(
-        self, key: str, value: bytes, ttl: float | None = None, *, token: int | None = None
+        self,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        *,
+        token: int | None = None,
+        if_absent: bool = False,
     ) -> None: ...
+
+    def overwrite(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
 
     def delete(self, key: str) -> None: ...
 
@@ -167,14 +181,25 @@ class InProcessCache:
             return value
 
     def set(
-        self, key: str, value: bytes, ttl: float | None = None, *, token: int | None = None
+        self,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        *,
+        token: int | None = None,
+        if_absent: bool = False,
     ) -> None:
         """Store ``value``; ``ttl`` in seconds (None: until evicted or invalidated); not when
-        ``token`` is given and the cache was invalidated since it was taken."""
-        expires = float("inf") if ttl is None else time.monotonic() + ttl
+        ``token`` is given and the cache was invalidated since it was taken, nor, with
+        ``if_absent``, when the key holds a live value."""
+        now = time.monotonic()
+        expires = float("inf") if ttl is None else now + ttl
         with self._lock:
             self._sync()
             if token is not None and token != self._epoch:
+                return
+            held = self._entries.get(key)
+            if if_absent and held is not None and held[1] > now:
                 return
             if ttl is not None and ttl <= 0:
                 self._entries.pop(key, None)
@@ -183,6 +208,14 @@ class InProcessCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    def overwrite(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` for every process: here at once; processes sharing the generation
+        file cannot be reached one key at a time, so they are invalidated."""
+        self.set(key, value, ttl)
+        if self.generation_file is not None:
+            self.invalidate()
+            self.set(key, value, ttl)
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -242,11 +275,16 @@ class InProcessCache:
             self._entries.clear()
 
 
-# SET KEYS[1] to ARGV[1] for ARGV[2] ms unless KEYS[2] (a forgotten scope's marker) exists:
-# one round trip, atomic with the marker that an erasure sets before it purges.
+# SET KEYS[1] to ARGV[1] for ARGV[2] ms (only if absent when ARGV[3] is "1") unless KEYS[2]
+# (a forgotten scope's marker) exists: one round trip, atomic with the marker that an erasure
+# sets before it purges.
 _SET_UNLESS_FORGOTTEN = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
 return 1
 """
 
@@ -367,12 +405,19 @@ class RedisCache:
             return -1
 
     def set(
-        self, key: str, value: bytes, ttl: float | None = None, *, token: int | None = None
+        self,
+        key: str,
+        value: bytes,
+        ttl: float | None = None,
+        *,
+        token: int | None = None,
+        if_absent: bool = False,
     ) -> None:
         """Store ``value`` for ``ttl`` seconds (default :attr:`default_ttl`); failures counted.
 
         With ``token``, nothing is stored if the cache was invalidated since it was taken (a
-        value computed from data read before an invalidation, e.g. an erasure)."""
+        value computed from data read before an invalidation, e.g. an erasure); with
+        ``if_absent``, nothing replaces a live value (Redis ``SET NX``)."""
         seconds = self.default_ttl if ttl is None else ttl
         try:
             if token is not None and token < 0:
@@ -388,12 +433,21 @@ class RedisCache:
             elif scope is not None:  # derived from a user: never after their erasure
                 marker = self._forgotten_key(scope.group())
                 self._set_unless_forgotten(
-                    keys=[name, marker], args=[value, max(1, int(seconds * 1000))]
+                    keys=[name, marker],
+                    args=[value, max(1, int(seconds * 1000)), "1" if if_absent else "0"],
                 )
             else:
-                self._client.set(name, value, px=max(1, int(seconds * 1000)))
+                self._client.set(name, value, px=max(1, int(seconds * 1000)), nx=if_absent)
         except (redis.RedisError, OSError, ValueError):
             self._failed()
+
+    def overwrite(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value`` for every process at once (they all read Redis); a failure raises
+        :class:`CacheError`, as a failed invalidation does: the old value would live on."""
+        errors = self.errors
+        self.set(key, value, ttl)
+        if self.errors != errors:
+            raise CacheError(f"cannot write to the cache at {self.url}")
 
     def _forgotten_key(self, scope: str) -> str:
         # "u=<digest>" without the bars, so purging the scope leaves the marker alone
