@@ -2,15 +2,18 @@
 
     python bench/bench_fairness.py              # seeds 0-2, writes bench/results/fairness.json
     python bench/bench_fairness.py --seeds 0    # one seed (about half the time)
+    python bench/bench_fairness.py --protocol loo   # next-item protocol: fairness_loo.json
     python bench/bench_fairness.py --plot-only --plot tradeoff.png   # curves from the results
 
-`ratio` protocol, full ranking, the tuned configs of `configs/ml-100k/ratio/<Model>.toml`.
+`ratio` (default) or `loo` protocol, full ranking, the tuned configs of
+`configs/ml-100k/<protocol>/<Model>.toml`. Under `loo` SASRec (the sequential model that protocol
+is for) joins the audit and the trade-off curves.
 
 1. **Audit** of Popular, ItemKNN, EASE, BPR and AttributeEASE (EASE's tuned λ; its attribute
    weight α picked on seed 0's validation NDCG@10): test NDCG@10 per gender, age band and
    activity tercile with the best − worst gap and its 95% bootstrap interval; exposure Gini@10,
    coverage@10 and the share of impressions by popularity band (head / mid / tail).
-2. **Trade-off curves** for EASE and BPR over a grid of strengths: the popularity-debiased
+2. **Trade-off curves** for EASE and BPR (and SASRec under `loo`) over a grid of strengths: the popularity-debiased
    re-ranker (``log`` and ``ips`` modes; for EASE, ``ips`` with exponent η is exactly EASE
    trained with inverse-propensity targets), the FA*IR re-ranker protecting long-tail (non-head)
    items, the minimum-exposure re-ranker, IPSBPR (BPR trained with IPS weights), and the global
@@ -32,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,6 +50,7 @@ from recloop.engine.fairness import (
 )
 from recloop.eval import head_items, item_popularity, ranking_metrics
 from recloop.eval.beyond import coverage, exposure_gini
+from recloop.eval.bootstrap import paired_bootstrap
 from recloop.eval.fairness import (
     counterfactual_flip,
     fairness_audit,
@@ -61,8 +65,12 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMAND = "python bench/bench_fairness.py"
 K = 10
 CANDIDATES = 200  # per user, for the candidate-list re-rankers
-TUNED = ("Popular", "ItemKNN", "EASE", "BPR")
-CURVE_MODELS = ("EASE", "BPR")
+# per protocol: the audited models, and those whose re-rankers get trade-off curves
+MODELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ratio": (("Popular", "ItemKNN", "EASE", "BPR"), ("EASE", "BPR")),
+    "loo": (("Popular", "ItemKNN", "EASE", "BPR", "SASRec"), ("EASE", "BPR", "SASRec")),
+}
+RESULTS = {"ratio": "fairness", "loo": "fairness_loo"}
 ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # AttributeEASE's attribute weight, chosen on validation
 IPS_GRID = (0.25, 0.5)  # IPSBPR's propensity exponent η (0 is BPR itself)
 PRICE_GRID = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 8.0, 12.0)  # exposure_price strength (z-units)
@@ -74,11 +82,11 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def config_of(name: str) -> dict[str, Any]:
+def config_of(name: str, protocol: str) -> dict[str, Any]:
     from recloop.runconfig import load_run_config
 
     return dict(
-        load_run_config(ROOT / "configs" / "ml-100k" / "ratio" / f"{name}.toml").model.config
+        load_run_config(ROOT / "configs" / "ml-100k" / protocol / f"{name}.toml").model.config
     )
 
 
@@ -101,6 +109,13 @@ def label(base: str, method: str, setting: dict[str, float]) -> str:
     return f"{base}+{method}({values})"
 
 
+class Reference(NamedTuple):
+    """A base model's evaluation: its metrics and its per-user NDCG@10 (for paired costs)."""
+
+    metrics: dict[str, float]
+    ndcg: np.ndarray
+
+
 class Part:
     """One evaluation part of one split, with what every list evaluation needs."""
 
@@ -117,8 +132,7 @@ class Part:
     def candidates(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return top_k(scores, CANDIDATES, self.exclude)
 
-    def measure(self, recs: np.ndarray) -> dict[str, float]:
-        """NDCG@10, recall@10, Gini@10, coverage@10, impression shares and segment gaps."""
+    def _measure(self, recs: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
         es = self.eval_set
         result = ranking_metrics(
             recs, es.targets_indptr, es.targets_items, (K,), ("ndcg", "recall")
@@ -137,7 +151,29 @@ class Part:
                            segment=segment, n_resamples=0)]
             )  # fmt: skip
             out[f"gap_{segment}"] = gap.gap
-        return out
+        return out, result.per_user["ndcg@10"]
+
+    def measure(self, recs: np.ndarray) -> dict[str, float]:
+        """NDCG@10, recall@10, Gini@10, coverage@10, impression shares and segment gaps."""
+        return self._measure(recs)[0]
+
+    def reference(self, recs: np.ndarray) -> Reference:
+        """A base model's lists, as what re-ranked lists are compared against."""
+        return Reference(*self._measure(recs))
+
+    def against(self, recs: np.ndarray, base: Reference) -> dict[str, float]:
+        """:meth:`measure` plus ``ndcg_cost`` and ``gini_reduction`` relative to ``base``, and
+        the cost's 95% paired-bootstrap interval over users (``ndcg_cost_ci_low/high``)."""
+        metrics, ndcg = self._measure(recs)
+        drop = paired_bootstrap(base.ndcg, ndcg, n_resamples=1000, seed=0)
+        mean = base.metrics["ndcg@10"]
+        return {
+            **metrics,
+            "ndcg_cost": 1.0 - metrics["ndcg@10"] / mean,
+            "ndcg_cost_ci_low": drop.ci_low / mean,
+            "ndcg_cost_ci_high": drop.ci_high / mean,
+            "gini_reduction": 1.0 - metrics["gini@10"] / base.metrics["gini@10"],
+        }
 
 
 def audit_metrics(audit: Any) -> dict[str, float]:
@@ -152,14 +188,6 @@ def audit_metrics(audit: Any) -> dict[str, float]:
     for band, row in audit.exposure.bands.items():
         out[f"{band}_share@10"] = row["exposure_share"]
     return out
-
-
-def relative(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    return {
-        **metrics,
-        "ndcg_cost": 1.0 - metrics["ndcg@10"] / base["ndcg@10"],
-        "gini_reduction": 1.0 - metrics["gini@10"] / base["gini@10"],
-    }
 
 
 def rerank(
@@ -187,7 +215,8 @@ def price_records(
     seed: int,
     scores: dict[str, np.ndarray],
     parts: dict[str, Part],
-    reference: dict[str, dict[str, float]],
+    reference: dict[str, Reference],
+    protocol: str,
 ) -> list[BenchRecord]:
     """The global exposure-priced re-ranker over each part's users (``exposure_price``), and the
     prices it fits on the validation batch applied one user at a time (``exposure_price_per_user``;
@@ -208,10 +237,10 @@ def price_records(
             },
         }
         for method, recs in lists.items():
-            out = {p: relative(parts[p].measure(recs[p]), reference[p]) for p in parts}
+            out = {p: parts[p].against(recs[p], reference[p]) for p in parts}
             records.append(
                 make_record(
-                    dataset="ml-100k", protocol="ratio", seed=seed,
+                    dataset="ml-100k", protocol=protocol, seed=seed,
                     model=label(base, method, {"strength": strength}),
                     config={"base": base, "method": method, "strength": strength,
                             "candidates": CANDIDATES},
@@ -275,16 +304,18 @@ def run_seed(
     dataset: Dataset,
     alpha: float | None,
     ips_grid: tuple[float, ...],
+    protocol: str,
 ) -> tuple[list[BenchRecord], float]:
     from recloop.experiment import DataConfig, fit_and_evaluate, split_data
     from recloop.models.attribute_ease import AttributeEASE, AttributeEASEConfig
     from recloop.models.ips_bpr import IPSBPR, IPSBPRConfig
     from recloop.models.registry import build_model
 
-    split = split_data(dataset, DataConfig(protocol="ratio"), seed)
+    split = split_data(dataset, DataConfig(protocol=protocol), seed)
     parts = {name: Part(split, dataset, name) for name in ("valid", "test")}
     popularity = item_popularity(split.train)
-    ease_l2 = float(config_of("EASE")["l2"])
+    ease_l2 = float(config_of("EASE", protocol)["l2"])
+    audited, curves = MODELS[protocol]
     if alpha is None:
         alpha = choose_alpha(dataset, split, ease_l2)
     records: list[BenchRecord] = []
@@ -292,10 +323,10 @@ def run_seed(
     base_metrics: dict[str, dict[str, dict[str, float]]] = {}
 
     specs: list[tuple[str, Callable[[], Any], dict[str, Any]]] = []
-    for name in TUNED:
-        cfg = config_of(name)
-        if name == "BPR":
-            cfg["seed"] = seed
+    for name in audited:
+        cfg = config_of(name, protocol)
+        if name in ("BPR", "SASRec"):
+            cfg["seed"] = seed  # the seed sets the model's initialisation too
         specs.append((name, _builder(build_model, name, cfg), cfg))
     attr_cfg = AttributeEASEConfig(l2=ease_l2, attribute_weight=alpha)
     specs.append(("AttributeEASE", lambda: AttributeEASE(attr_cfg), attr_cfg.model_dump()))
@@ -314,7 +345,7 @@ def run_seed(
         base_metrics[name] = {"valid": valid, "test": test}
         records.append(
             make_record(
-                dataset="ml-100k", protocol="ratio", seed=seed, model=name, config=cfg,
+                dataset="ml-100k", protocol=protocol, seed=seed, model=name, config=cfg,
                 metrics=test, valid_metrics=valid, train_seconds=run.train_seconds,
             )
         )  # fmt: skip
@@ -327,21 +358,21 @@ def run_seed(
             file=sys.stderr, flush=True,
         )  # fmt: skip
 
-    references: dict[str, dict[str, dict[str, float]]] = {}
-    for base in CURVE_MODELS:
+    references: dict[str, dict[str, Reference]] = {}
+    for base in curves:
         model = fitted[base]
         scores = {p: model.score(part.eval_set.queries) for p, part in parts.items()}
-        reference = {p: parts[p].measure(top_k(scores[p], K, parts[p].exclude)[0]) for p in parts}
+        reference = {p: parts[p].reference(top_k(scores[p], K, parts[p].exclude)[0]) for p in parts}
         references[base] = reference
         for method, setting in grids():
             out = {
-                p: relative(parts[p].measure(rerank(method, setting, scores[p], parts[p],
-                                                     popularity)), reference[p])
+                p: parts[p].against(rerank(method, setting, scores[p], parts[p], popularity),
+                                    reference[p])
                 for p in parts
             }  # fmt: skip
             records.append(
                 make_record(
-                    dataset="ml-100k", protocol="ratio", seed=seed,
+                    dataset="ml-100k", protocol=protocol, seed=seed,
                     model=label(base, method, setting),
                     config={"base": base, "method": method, **setting,
                             "candidates": CANDIDATES if method in ("fair", "min_exposure") else 0},
@@ -349,9 +380,9 @@ def run_seed(
                 )
             )  # fmt: skip
         print(f"seed {seed} {base}: {len(grids())} re-ranker settings", file=sys.stderr)
-        records += price_records(base, seed, scores, parts, reference)
+        records += price_records(base, seed, scores, parts, reference, protocol)
 
-    bpr_cfg = config_of("BPR")
+    bpr_cfg = config_of("BPR", protocol)
     for eta in ips_grid:
         began = time.perf_counter()
         model = IPSBPR(IPSBPRConfig(**{**bpr_cfg, "seed": seed, "propensity_exponent": eta}))
@@ -360,10 +391,10 @@ def run_seed(
         out = {}
         for p, part in parts.items():
             recs = top_k(model.score(part.eval_set.queries), K, part.exclude)[0]
-            out[p] = relative(part.measure(recs), references["BPR"][p])
+            out[p] = part.against(recs, references["BPR"][p])
         records.append(
             make_record(
-                dataset="ml-100k", protocol="ratio", seed=seed, model=f"IPSBPR({eta:g})",
+                dataset="ml-100k", protocol=protocol, seed=seed, model=f"IPSBPR({eta:g})",
                 config=model.config.model_dump(mode="json"), metrics=out["test"],
                 valid_metrics=out["valid"], train_seconds=seconds,
             )
@@ -399,13 +430,19 @@ def select(
     return (cheapest.model if cheapest else None), (strongest.model if strongest else None)
 
 
-def summarise(records: list[BenchRecord], seeds: list[int], alpha: float) -> str:
+def curve_bases(records: list[BenchRecord]) -> list[str]:
+    """The base models with trade-off curves, in the order they were run."""
+    return list(dict.fromkeys(b for r in records if (b := base_of(r)) is not None))
+
+
+def summarise(records: list[BenchRecord], seeds: list[int], alpha: float, protocol: str) -> str:
     """The description: what was run, the selected settings and whether the goal is met."""
     lines = [
-        "MovieLens-100K, `ratio` protocol (seeds "
+        f"MovieLens-100K, `{protocol}` protocol (seeds "
         + ", ".join(map(str, seeds))
         + "), full ranking, test set unless noted; models from the tuned configs in "
-        f"`configs/ml-100k/ratio/`, AttributeEASE with EASE's λ and attribute weight α={alpha:g} "
+        f"`configs/ml-100k/{protocol}/`, AttributeEASE with EASE's λ and attribute weight "
+        f"α={alpha:g} "
         "(best validation NDCG@10 on seed 0 among " + ", ".join(f"{a:g}" for a in ALPHAS) + "). "
         "gap_<segment>: best − worst mean NDCG@10 over the segment's values (gender; age bands "
         "<18 … 56+; activity terciles of train size); base-model records also carry the 95% "
@@ -426,12 +463,20 @@ def summarise(records: list[BenchRecord], seeds: list[int], alpha: float) -> str
         "numbers are in-sample). IPSBPR(η): BPR's tuned config trained with weights "
         "1/max((n_i/max n)^η, 0.05). "
         "ndcg_cost and gini_reduction are relative to the same base model on the same seed and "
-        "part. flip_<attribute>@10: mean share of a test user's top-10 that changes when gender "
-        "(M↔F) or age (<35 → 50, ≥35 → 25) is flipped; `_any` the share of users with any "
-        "change; EASE reads no attributes (a control).",
+        "part; ndcg_cost_ci_low/high: its 95% paired-bootstrap interval over the part's users "
+        "(1,000 resamples). flip_<attribute>@10: mean share of a test user's top-10 that "
+        "changes when gender (M↔F) or age (<35 → 50, ≥35 → 25) is flipped; `_any` the share "
+        "of users with any change; EASE reads no attributes (a control).",
         "",
     ]
-    for base in CURVE_MODELS:
+    if protocol == "loo":
+        lines[0] += (
+            " Under `loo` each user's last interaction is the test target and the one before it "
+            "the validation target, so the split is the same on every seed: seeds change only "
+            "BPR's, IPSBPR's and SASRec's initialisation, and the deterministic models' rows "
+            "repeat."
+        )
+    for base in curve_bases(records):
         groups = (
             ("", "any method"),
             (f"{base}+exposure_price(", "global re-ranker"),
@@ -470,10 +515,16 @@ def goal_lines(
         cost = float(np.mean([m["ndcg_cost"] for m in tests]))
         red = float(np.mean([m["gini_reduction"] for m in tests]))
         met = red >= GINI_TARGET and cost <= COST_BUDGET
+        intervals = [
+            f"[{m['ndcg_cost_ci_low']:.1%}, {m['ndcg_cost_ci_high']:.1%}]"
+            for m in tests
+            if "ndcg_cost_ci_low" in m
+        ]
+        spread = f" (95% intervals per seed: {', '.join(intervals)})" if intervals else ""
         lines.append(
             f"**{base}**, {what} (chosen on seed 0 validation: cost {valid['ndcg_cost']:.1%}, "
             f"Gini −{valid['gini_reduction']:.1%}): `{name}`; test over {len(tests)} seed(s): "
-            f"NDCG@10 cost {cost:.1%}, Gini@10 reduction {red:.1%}: the goal (≥ 20% less "
+            f"NDCG@10 cost {cost:.1%}{spread}, Gini@10 reduction {red:.1%}: the goal (≥ 20% less "
             f"Gini at ≤ 2% NDCG cost) is {'**met**' if met else '**missed**'}."
         )
     return lines
@@ -489,8 +540,9 @@ def plot(records: list[BenchRecord], path: Path) -> None:
 
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(CURVE_MODELS))
-    for ax, base in zip(axes, CURVE_MODELS, strict=True):
+    bases = curve_bases(records)
+    axes = np.atleast_1d(fig.subplots(1, len(bases)))
+    for ax, base in zip(axes, bases, strict=True):
         own = [r for r in records if r.model == base]
         g0, n0 = mean(own, "gini@10"), mean(own, "ndcg@10")
         goal_x, goal_y = (1 - GINI_TARGET) * g0, (1 - COST_BUDGET) * n0
@@ -530,6 +582,11 @@ def plot(records: list[BenchRecord], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--protocol", choices=sorted(MODELS), default="ratio",
+        help="split protocol; results go to bench/results/fairness.json (ratio) or "
+        "fairness_loo.json (loo)",
+    )  # fmt: skip
     parser.add_argument("--plot", type=Path, help="also draw the trade-off curves to this PNG")
     parser.add_argument(
         "--plot-only", action="store_true", help="draw --plot from the stored results, run nothing"
@@ -540,7 +597,8 @@ def main() -> int:
 
         if args.plot is None:
             parser.error("--plot-only needs --plot PATH")
-        plot(read_results(ROOT / "bench" / "results" / "fairness.json").records, args.plot)
+        stored = ROOT / "bench" / "results" / f"{RESULTS[args.protocol]}.json"
+        plot(read_results(stored).records, args.plot)
         return 0
     if args.seeds[0] != 0:
         parser.error("seed 0 comes first: its validation split picks α and the IPS exponent")
@@ -560,17 +618,19 @@ def main() -> int:
             ).model
             chosen = cheapest or strongest or mildest
             grid = (float(chosen[len("IPSBPR(") : -1]),)
-        new, alpha = run_seed(seed, dataset, alpha, grid)
+        new, alpha = run_seed(seed, dataset, alpha, grid, args.protocol)
         records += new
     assert alpha is not None
+    command = COMMAND + ("" if args.protocol == "ratio" else f" --protocol {args.protocol}")
+    if args.seeds != [0, 1, 2]:
+        command += f" --seeds {' '.join(map(str, args.seeds))}"
     path = write_results(
-        "fairness",
+        RESULTS[args.protocol],
         records,
-        title="Fairness and exposure: segment gaps, exposure Gini and debiasing trade-offs",
-        command=COMMAND
-        if args.seeds == [0, 1, 2]
-        else f"{COMMAND} --seeds {' '.join(map(str, args.seeds))}",
-        description=summarise(records, args.seeds, alpha),
+        title="Fairness and exposure: segment gaps, exposure Gini and debiasing trade-offs"
+        + ("" if args.protocol == "ratio" else f" (`{args.protocol}`)"),
+        command=command,
+        description=summarise(records, args.seeds, alpha, args.protocol),
         columns=COLUMNS,
     )
     print(f"wrote {path} in {time.perf_counter() - began:.0f} s", file=sys.stderr)
