@@ -9,16 +9,17 @@
 `configs/ml-100k/<protocol>/<Model>.toml`. Under `loo` SASRec (the sequential model that protocol
 is for) joins the audit and the trade-off curves.
 
-1. **Audit** of Popular, ItemKNN, EASE, BPR and AttributeEASE (EASE's tuned λ; its attribute
-   weight α picked on seed 0's validation NDCG@10): test NDCG@10 per gender, age band and
-   activity tercile with the best − worst gap and its 95% bootstrap interval; exposure Gini@10,
-   coverage@10 and the share of impressions by popularity band (head / mid / tail).
-2. **Trade-off curves** for EASE and BPR (and SASRec under `loo`) over a grid of strengths: the popularity-debiased
-   re-ranker (``log`` and ``ips`` modes; for EASE, ``ips`` with exponent η is exactly EASE
-   trained with inverse-propensity targets), the FA*IR re-ranker protecting long-tail (non-head)
-   items, the minimum-exposure re-ranker, IPSBPR (BPR trained with IPS weights), and the global
-   exposure-priced re-ranker (every user's top-10 chosen jointly as one min-cost flow, the cost
-   of exposure being the Gini linearised at the base lists), both as a batch re-ranker over the
+1. **Audit** of Popular, ItemKNN, EASE, BPR, Mult-VAE, Mult-DAE, DiffRec (SASRec instead of the last
+   three under `loo`) and AttributeEASE (EASE's tuned λ; its attribute weight α picked on seed 0's
+   validation NDCG@10): test NDCG@10 per gender, age band and activity tercile with the best − worst
+   gap and its 95% bootstrap interval; exposure Gini@10, coverage@10 and the share of impressions by
+   popularity band (head / mid / tail).
+2. **Trade-off curves** for EASE and BPR (and SASRec under `loo`) over a grid of strengths: the
+   popularity-debiased re-ranker (``log`` and ``ips`` modes; for EASE, ``ips`` with exponent η is
+   exactly EASE trained with inverse-propensity targets), the FA*IR re-ranker protecting long-tail
+   (non-head) items, the minimum-exposure re-ranker, IPSBPR (BPR trained with IPS weights), and the
+   global exposure-priced re-ranker (every user's top-10 chosen jointly as one min-cost flow, the
+   cost of exposure being the Gini linearised at the base lists), both as a batch re-ranker over the
    evaluated users and as prices fitted on the validation batch, applied one user at a time.
 3. **Selection on validation**: on seed 0's validation split, the setting with at least 20%
    less exposure Gini@10 than its base model at the smallest NDCG@10 cost; its test numbers
@@ -67,7 +68,10 @@ K = 10
 CANDIDATES = 200  # per user, for the candidate-list re-rankers
 # per protocol: the audited models, and those whose re-rankers get trade-off curves
 MODELS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "ratio": (("Popular", "ItemKNN", "EASE", "BPR"), ("EASE", "BPR")),
+    "ratio": (
+        ("Popular", "ItemKNN", "EASE", "BPR", "MultVAE", "MultDAE", "DiffRec"),
+        ("EASE", "BPR"),
+    ),
     "loo": (("Popular", "ItemKNN", "EASE", "BPR", "SASRec"), ("EASE", "BPR", "SASRec")),
 }
 RESULTS = {"ratio": "fairness", "loo": "fairness_loo"}
@@ -309,7 +313,7 @@ def run_seed(
     from recloop.experiment import DataConfig, fit_and_evaluate, split_data
     from recloop.models.attribute_ease import AttributeEASE, AttributeEASEConfig
     from recloop.models.ips_bpr import IPSBPR, IPSBPRConfig
-    from recloop.models.registry import build_model
+    from recloop.models.registry import build_model, model_class
 
     split = split_data(dataset, DataConfig(protocol=protocol), seed)
     parts = {name: Part(split, dataset, name) for name in ("valid", "test")}
@@ -325,7 +329,7 @@ def run_seed(
     specs: list[tuple[str, Callable[[], Any], dict[str, Any]]] = []
     for name in audited:
         cfg = config_of(name, protocol)
-        if name in ("BPR", "SASRec"):
+        if "seed" in model_class(name).config_class.model_fields:
             cfg["seed"] = seed  # the seed sets the model's initialisation too
         specs.append((name, _builder(build_model, name, cfg), cfg))
     attr_cfg = AttributeEASEConfig(l2=ease_l2, attribute_weight=alpha)
