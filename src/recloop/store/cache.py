@@ -212,10 +212,9 @@ class InProcessCache:
     def overwrite(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value`` for every process: here at once; processes sharing the generation
         file cannot be reached one key at a time, so they are invalidated."""
-        self.set(key, value, ttl)
         if self.generation_file is not None:
             self.invalidate()
-            self.set(key, value, ttl)
+        self.set(key, value, ttl)
 
     def delete(self, key: str) -> None:
         with self._lock:
