@@ -106,6 +106,20 @@ def test_a_client_key_acts_only_for_its_applications_users(service: Service) -> 
     assert client.get("/v1/users/n1/owner", headers=a).status_code == 403  # admin only
 
 
+def test_applications_choosing_the_same_event_id_both_store(service: Service) -> None:
+    client, keys, state = service
+    assert post_events(client, keys["a"], click("e1", "n1"))["stored"] == 1
+    # the same id from another application, about its own user: stored, not a duplicate
+    answer = post_events(client, keys["b"], click("e1", "n2"))
+    assert (answer["stored"], answer["duplicates"], answer["rejected"]) == (1, 0, [])
+    assert state.privacy.owner("n2").owner == "other"  # type: ignore[union-attr]
+    assert post_events(client, keys["b"], click("e1", "n2"))["duplicates"] == 1  # a resend
+    # an id B reused for A's user is rejected as foreign, and A's event is untouched
+    rejected = post_events(client, keys["b"], click("e1", "n1"))["rejected"]
+    assert [(r["index"], r["event_id"]) for r in rejected] == [(0, "e1")]
+    assert [len(state.store.history(user)) for user in ("n1", "n2")] == [1, 1]
+
+
 def test_unclaimed_users_are_open_until_a_client_writes_for_them(service: Service) -> None:
     client, keys, state = service
     a, b = bearer(keys["a"]), bearer(keys["b"])

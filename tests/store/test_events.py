@@ -143,6 +143,47 @@ def test_add_events_is_idempotent_on_event_id(store: EventStore) -> None:
     assert store.has_events(["a", "d", "zz", "a"]) == {"a": 1, "d": 1, "zz": 0}
 
 
+def test_event_ids_are_scoped_to_their_user(store: EventStore) -> None:
+    both = [event("a", user_id="u1"), event("a", user_id="u2")]
+    assert store.add_events(both) == IngestResult(stored=2, duplicates=[])
+    assert store.add_events(both) == IngestResult(stored=0, duplicates=["a", "a"])
+    assert store.has_events(["a"]) == {"a": 2}
+    assert [len(store.history(user)) for user in ("u1", "u2")] == [1, 1]
+
+
+def test_migrating_to_per_user_event_ids_keeps_events_and_indexes(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from recloop.store.events import MIGRATIONS
+
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    insert = sa.text(
+        "INSERT INTO events (event_id, user_id, item_id, kind, timestamp) "
+        "VALUES (:event_id, :user_id, 'i1', 1, :ts)"
+    )
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0005")
+        conn.execute(insert, [{"event_id": "a", "user_id": "u1", "ts": 1.0}])
+        conn.execute(insert, [{"event_id": "b", "user_id": "u1", "ts": 2.0}])
+        with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():  # store-wide before
+            conn.execute(insert, [{"event_id": "a", "user_id": "u2", "ts": 3.0}])
+    engine.dispose()
+    with EventStore(url) as upgraded:
+        assert schema_revision(url) == HEAD
+        assert [ts for _, ts, _ in upgraded.history("u1")] == [1.0, 2.0]
+        assert upgraded.add_events([event("a", user_id="u1")]).duplicates == ["a"]
+        assert upgraded.add_events([event("a", user_id="u2", timestamp=3.0)]).stored == 1
+        with upgraded._engine.connect() as conn:
+            seqs = conn.execute(sa.text("SELECT seq FROM events ORDER BY seq")).scalars().all()
+            indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("events")}
+        assert len(seqs) == 3 and seqs[-1] > seqs[1]  # the sequence goes on after the copy
+        assert {"ix_events_user_id_timestamp_seq", "ix_events_slate_id"} <= indexes
+
+
 def test_has_events_queries_in_chunks(store: EventStore) -> None:
     store.add_events([event(f"e{i}") for i in range(2500)])
     ids = [f"e{i}" for i in range(0, 5000, 2)]

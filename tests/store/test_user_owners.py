@@ -38,13 +38,23 @@ def test_ingest_with_an_owner_claims_and_leaves_out_other_owners_users(
     assert store.user_owners(["u1"]) == {"u1": "app-a"}
     mixed = [event("b1", "u1"), event("b2", "u2"), event("b1", "u1"), event("b3", "u2")]
     answer = store.add_events(mixed, owner="app-b")
-    assert answer == IngestResult(stored=2, duplicates=[], foreign=["b1"])
+    assert answer == IngestResult(
+        stored=2, duplicates=[], foreign=["b1"], foreign_users=frozenset({"u1"})
+    )
     assert [item for item, _, _ in store.history("u1")] == ["i1"]  # only app-a's event
     # resent, it is still foreign (not a duplicate); app-a may store it; so may an import
     assert store.add_events([event("b1", "u1")], owner="app-b").foreign == ["b1"]
     assert store.add_events([event("b1", "u1")], owner="app-a").stored == 1
     assert store.add_events([event("x1", "u2")]).stored == 1  # no owner: not checked
     assert store.user_owners(["u1", "u2"]) == {"u1": "app-a", "u2": "app-b"}
+
+
+def test_two_applications_may_choose_the_same_event_id(store: EventStore) -> None:
+    # ids are scoped to their user, and each user belongs to one application: no collision
+    assert store.add_events([event("e1", "a-user")], owner="app-a").stored == 1
+    assert store.add_events([event("e1", "b-user")], owner="app-b") == IngestResult(1, [])
+    assert store.add_events([event("e1", "b-user")], owner="app-b").duplicates == ["e1"]
+    assert store.has_events(["e1"]) == {"e1": 2}
 
 
 def test_ingest_checks_a_batch_in_one_query_for_its_users(store: EventStore) -> None:

@@ -301,11 +301,10 @@ def _add_routes(app: FastAPI) -> None:
         owner = principal.owner if principal.role == "client" else None
         result = state.store.add_events(valid, owner=owner) if valid else None
         if result is not None and owner is not None:
-            left_out = {*result.foreign, *result.refused}
-            if result.foreign:
-                rejected = _with_foreign(rejected, valid, set(result.foreign))
-            first = {event.event_id: event.user_id for event in reversed(valid)}
-            ours = {user for event_id, user in first.items() if event_id not in left_out}
+            if result.foreign_users:
+                rejected = _with_foreign(rejected, valid, result.foreign_users)
+            left_out = result.foreign_users | result.refused_users
+            ours = {event.user_id for event in valid} - left_out
             state.owners.claimed(ours, owner)
         stored = result.stored if result else 0
         state.counters["events"].inc(stored)
@@ -721,7 +720,7 @@ def _add_routes(app: FastAPI) -> None:
 
 
 def _with_foreign(
-    rejected: list[RejectedEvent], valid: list[EventRecord], foreign: set[str]
+    rejected: list[RejectedEvent], valid: list[EventRecord], foreign_users: frozenset[str]
 ) -> list[RejectedEvent]:
     """``rejected`` with the events the store left out because another client application
     owns their user, at their index in the batch, in batch order."""
@@ -734,7 +733,7 @@ def _with_foreign(
             errors=[FieldError(field="user_id", message=str(ForeignUserError([event.user_id])))],
         )
         for index, event in zip(indices, valid, strict=False)  # parse_events keeps the order
-        if event.event_id in foreign
+        if event.user_id in foreign_users
     ]
     return sorted([*rejected, *added], key=lambda r: r.index)
 

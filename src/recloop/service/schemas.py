@@ -36,7 +36,9 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    event_id: Identifier = Field(description="Client-chosen id, unique per event (idempotency).")
+    event_id: Identifier = Field(
+        description="Client-chosen id, unique among the user's events (idempotency)."
+    )
     user_id: Identifier
     item_id: Identifier | None = Field(default=None, description="The item, if the event has one.")
     kind: EventKindName = Field(description="What happened; dislike and skip are negative.")
@@ -118,7 +120,7 @@ class EventsResult(BaseModel):
 
     stored: int = Field(description="New events, committed before this answer was sent.")
     duplicates: int = Field(
-        description="Events whose event_id was already stored: not stored again."
+        description="Events whose user already has their event_id: not stored again."
     )
     rejected: list[RejectedEvent] = Field(
         description="Events not stored: invalid ones with the field at fault, and events "

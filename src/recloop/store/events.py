@@ -2,7 +2,9 @@
 
 A SQLite file is the default and needs no server; a ``postgresql://`` URL selects PostgreSQL.
 Opening a store migrates its schema to the newest Alembic revision. Events are idempotent on
-their client-chosen ``event_id``, so a client may safely resend a batch it got no answer for.
+their user and client-chosen ``event_id``, so a client may safely resend a batch it got no
+answer for. Ids are scoped to their user, and every user belongs to one client application,
+so two applications choosing the same id never collide.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class ForeignUserError(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
-    """One interaction. ``event_id`` is chosen by the client and unique across the store."""
+    """One interaction. ``event_id`` is chosen by the client and unique among its user's events."""
 
     event_id: str
     user_id: str
@@ -74,14 +76,16 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """``stored`` new events; ``duplicates`` ids already stored or repeated in the batch;
-    ``refused`` ids of events about erased users; ``foreign`` ids of events about users that
-    another client application owns."""
+    """``stored`` new events; ``duplicates`` ids already stored for their user or repeated in
+    the batch; ``refused`` ids of events about erased users (``refused_users``); ``foreign``
+    ids of events about users that another client application owns (``foreign_users``)."""
 
     stored: int
     duplicates: list[str]
     refused: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
+    refused_users: frozenset[str] = frozenset()
+    foreign_users: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,18 +214,20 @@ class EventStore:
         out (``foreign``); without, ownership is neither checked nor claimed (admin keys,
         imports).
         """
-        first: dict[str, int] = {}
+        first: dict[tuple[str, str], int] = {}  # (user_id, event_id): ids are per user
         for index, event in enumerate(batch):
-            first.setdefault(event.event_id, index)
-        stored: set[str] = set()
+            first.setdefault((event.user_id, event.event_id), index)
+        stored: set[tuple[str, str]] = set()
         refused: list[str] = []
         foreign: list[str] = []
+        erased: set[str] = set()
+        others: set[str] = set()
+        skipped: set[str] = set()
         if first:
             with self._transaction() as conn:
                 self.guard_against_erasure(conn)
-                users_in_batch = sorted({batch[index].user_id for index in first.values()})
+                users_in_batch = sorted({user for user, _ in first})
                 erased, owners = self._user_states(conn, users_in_batch)
-                others: set[str] = set()
                 if owner is not None:
                     alive = [user for user in users_in_batch if user not in erased]
                     owners = self._claim(conn, alive, owner, owners)
@@ -239,18 +245,26 @@ class EventStore:
                         params = {name: [row[name] for row in rows] for name in _EVENT_COLUMNS}
                     else:
                         insert, params = sqlite.insert(events), rows
-                    insert = insert.on_conflict_do_nothing(index_elements=["event_id"])
-                    result = conn.execute(insert.returning(events.c.event_id), params)
-                    stored.update(result.scalars())
-        left_out = {*refused, *foreign}
+                    insert = insert.on_conflict_do_nothing(index_elements=["user_id", "event_id"])
+                    returning = insert.returning(events.c.user_id, events.c.event_id)
+                    new = conn.execute(returning, params)
+                    stored.update((user, event_id) for user, event_id in new)
         duplicates = [
             event.event_id
             for index, event in enumerate(batch)
-            if event.event_id not in left_out
-            and (first[event.event_id] != index or event.event_id not in stored)
+            if event.user_id not in skipped
+            and (
+                first[(event.user_id, event.event_id)] != index
+                or (event.user_id, event.event_id) not in stored
+            )
         ]
         return IngestResult(
-            stored=len(stored), duplicates=duplicates, refused=refused, foreign=foreign
+            stored=len(stored),
+            duplicates=duplicates,
+            refused=refused,
+            foreign=foreign,
+            refused_users=frozenset(erased),
+            foreign_users=frozenset(others),
         )
 
     def history(
@@ -292,7 +306,7 @@ class EventStore:
         return self._count(events)
 
     def has_events(self, event_ids: Sequence[str]) -> dict[str, int]:
-        """How many stored rows carry each given id (0 or 1): for durability checks."""
+        """How many stored rows carry each given id, over all users: for durability checks."""
         counts = dict.fromkeys(event_ids, 0)
         ids = list(counts)
         with self._transaction(write=False) as conn:

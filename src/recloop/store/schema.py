@@ -34,7 +34,9 @@ events = sa.Table(
     sa.Column("value", sa.Double, nullable=True),
     sa.Column("slate_id", sa.String, nullable=True),
     sa.Column("context", sa.Text, nullable=True),
-    sa.UniqueConstraint("event_id"),
+    # Event ids are the client's idempotency keys, scoped to their user (migration 0006): each
+    # user belongs to one client application, so applications cannot collide on an id.
+    sa.UniqueConstraint("user_id", "event_id"),
     sa.Index(None, "user_id", "timestamp", "seq"),
 )
 
