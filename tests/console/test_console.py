@@ -330,7 +330,8 @@ def test_recommend_then_feedback(console: Console, client: TestClient) -> None:
         data={"csrf_token": token, "user": "u1", "slate": slate_id, "item": item, "kind": "click"},
     )
     assert answer.status_code == 200 and flash(answer.text).startswith(f"Stored: click on {item}")
-    assert views.slate_feedback(state, slate_id) == {item: ["click"]}
+    assert views.slate_feedback(state, slate_id, "u1") == {item: ["click"]}
+    assert views.slate_feedback(state, slate_id, "u2") == {}  # only its user's events
     # a kind the API does not take is a message, not an error page
     answer = client.post(
         "/console/try/feedback",

@@ -70,6 +70,24 @@ def test_outcomes_join_by_slate_id_and_attribute_positions(log: SlateLog) -> Non
     assert logged[1].reward == 0.0
 
 
+def test_an_event_citing_another_users_slate_is_no_outcome_of_it(log: SlateLog) -> None:
+    log.add_slates([slate("s1", user="u1"), slate("s2", user="u2")])
+    log.store.add_events(
+        [
+            EventRecord("e1", "u2", "a", EventKind.CLICK, 101.0, slate_id="s1"),  # u1's slate
+            EventRecord("e2", "u2", "b", EventKind.CLICK, 101.0, slate_id="s2"),  # its own
+        ]
+    )
+    first, second = log.logged(since=0.0)
+    assert (first.outcomes, first.reward) == ((), 0.0)
+    assert (len(second.outcomes), second.reward) == (1, 1.0)
+    assert sorted(log.reward_rows(0.0, 1e9, 60.0)) == [("s0", 2, 0.25, 0.0), ("s0", 2, 0.25, 1.0)]
+    assert log.arm_counts(0.0, 1e9, 60.0) == [("s0", 2, 2, 1)]
+    assert log.segment_counts(0.0, 1e9, 60.0) == {"s0": (2, 1)}
+    counts = log.impression_counts(0.0, 1e9, 60.0)
+    assert counts["positions"] == {"0": (2, 0), "1": (2, 1), "2": (2, 0)}  # s2's "b" only
+
+
 def test_posteriors_and_retraining_history(log: SlateLog) -> None:
     log.set_arms({("s0", 0): (2.0, 3.0), ("s1", 4): (1.0, 1.0)})
     assert log.arms() == {("s0", 0): (2.0, 3.0), ("s1", 4): (1.0, 1.0)}

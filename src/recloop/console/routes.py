@@ -426,7 +426,8 @@ async def _slate_panel(
         if record is None:
             return None
         names = views.titles(state, [imp.item_id for imp in record.items])
-        return views.slate_from_log(record, names, views.slate_feedback(state, slate_id))
+        feedback = views.slate_feedback(state, slate_id, record.user_id)
+        return views.slate_from_log(record, names, feedback)
 
     view = await run_in_threadpool(read)
     if view is None:

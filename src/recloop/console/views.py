@@ -115,12 +115,13 @@ def known_users(state: ServiceState, limit: int = 200) -> list[tuple[str, int]]:
     return active + extra[: max(0, limit - len(active))]
 
 
-def slate_feedback(state: ServiceState, slate_id: str) -> dict[str, list[str]]:
-    """The event kinds stored for each item of a slate (outcomes citing its ``slate_id``)."""
+def slate_feedback(state: ServiceState, slate_id: str, user_id: str) -> dict[str, list[str]]:
+    """The event kinds stored for each item of a slate: its user's events citing its
+    ``slate_id`` (another user's event citing it is no outcome of it)."""
     from recloop.data.types import EventKind
 
     query = sa.select(events_table.c.item_id, events_table.c.kind).where(
-        events_table.c.slate_id == slate_id
+        events_table.c.slate_id == slate_id, events_table.c.user_id == user_id
     )
     out: dict[str, list[str]] = defaultdict(list)
     with state.store.transaction(write=False) as conn:

@@ -193,6 +193,7 @@ class SlateLog:
             rows = conn.execute(query).all()
             by_id: dict[str, list[Impression]] = {r.slate_id: [] for r in rows}
             outcomes: dict[str, list[Outcome]] = {r.slate_id: [] for r in rows}
+            user_of = {r.slate_id: r.user_id for r in rows}
             for chunk in _chunks(list(by_id)):
                 for r in conn.execute(
                     sa.select(impressions)
@@ -203,6 +204,7 @@ class SlateLog:
                 for r in conn.execute(
                     sa.select(
                         events.c.slate_id,
+                        events.c.user_id,
                         events.c.item_id,
                         events.c.kind,
                         events.c.timestamp,
@@ -211,6 +213,8 @@ class SlateLog:
                     .where(events.c.slate_id.in_(chunk))
                     .order_by(events.c.timestamp, events.c.seq)
                 ):
+                    if r.user_id != user_of[r.slate_id]:
+                        continue  # cites another user's slate: not an outcome of it
                     outcomes[r.slate_id].append(
                         Outcome(r.item_id, EventKind(r.kind), r.timestamp, r.value)
                     )
@@ -221,20 +225,24 @@ class SlateLog:
 
     # ------------------------------------------------------------------ aggregates
     def _hit(self, attribution_s: float, slate_col: Any, created_col: Any, item_col: Any) -> Any:
-        """EXISTS a positive outcome for (slate, item) within ``attribution_s`` of the slate."""
+        """EXISTS a positive outcome for (slate, item) within ``attribution_s`` of the slate,
+        from the slate's own user (an event citing another user's slate is not its outcome)."""
         return sa.exists().where(
             events.c.slate_id == slate_col,
+            events.c.user_id == slates.c.user_id,
             events.c.item_id == item_col,
             events.c.kind.in_(_POSITIVE),
             events.c.timestamp <= created_col + attribution_s,
         )
 
     def _slate_hit(self, attribution_s: float) -> Any:
-        """EXISTS a positive outcome on any item the slate showed, within the window."""
+        """EXISTS a positive outcome on any item the slate showed, within the window, from
+        the slate's own user."""
         return (
             sa.exists()
             .where(
                 events.c.slate_id == slates.c.slate_id,
+                events.c.user_id == slates.c.user_id,
                 events.c.kind.in_(_POSITIVE),
                 events.c.timestamp <= slates.c.created_at + attribution_s,
             )
