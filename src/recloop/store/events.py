@@ -245,7 +245,7 @@ class EventStore:
                         params = {name: [row[name] for row in rows] for name in _EVENT_COLUMNS}
                     else:
                         insert, params = sqlite.insert(events), rows
-                    insert = insert.on_conflict_do_nothing(index_elements=["user_id", "event_id"])
+                    insert = insert.on_conflict_do_nothing(index_elements=["event_id", "user_id"])
                     returning = insert.returning(events.c.user_id, events.c.event_id)
                     new = conn.execute(returning, params)
                     stored.update((user, event_id) for user, event_id in new)

@@ -36,7 +36,7 @@ events = sa.Table(
     sa.Column("context", sa.Text, nullable=True),
     # Event ids are the client's idempotency keys, scoped to their user (migration 0006): each
     # user belongs to one client application, so applications cannot collide on an id.
-    sa.UniqueConstraint("user_id", "event_id"),
+    sa.UniqueConstraint("event_id", "user_id"),
     sa.Index(None, "user_id", "timestamp", "seq"),
 )
 
