@@ -135,6 +135,7 @@ def main() -> int:
             recbole, parts = run_worker(args.recbole_python, seed, ease_l2, Path(scratch))
             split = recbole_split(dataset.interactions, parts, seed)
             protocol = "ratio"  # RecBole's own split of it: config["split"]
+            source = f"recbole-{recbole['recbole_version']}"
             for name, run in configs.items():
                 model = build_model(name, run.model.config).fit(split)
                 test = evaluate(model, split.evaluation_set("test"), KS, progress=False)
@@ -145,12 +146,11 @@ def main() -> int:
                         protocol=protocol,
                         seed=seed,
                         model=f"recloop {name}",
-                        config={**run.model.config, "split": "recbole-1.2"},
+                        config={**run.model.config, "split": source},
                         metrics=test.metrics,
                         valid_metrics=valid.metrics,
                     )
                 )
-            source = f"recbole-{recbole['recbole_version']}"
             for label, found in recbole["results"].items():
                 records.append(
                     make_record(
