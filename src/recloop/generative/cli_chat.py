@@ -76,8 +76,9 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
             "--user), and every turn is written back",
         ),
     ) -> None:
-        """Ask for recommendations in words; follow-ups ("something older") refine the last
-        turn and nothing is shown twice."""
+        """Ask for recommendations in words; follow-ups refine the last answer.
+
+        A follow-up ("something older") refines the last turn, and nothing is shown twice."""
         from recloop.generative.conversation import (
             MAX_MESSAGE_CHARS,
             Conversation,

@@ -167,8 +167,10 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         home: Path | None = HomeOption,
         db: str | None = DbOption,
     ) -> None:
-        """Approve a pending piece: it becomes a candidate source (running services see it within
-        10 s, the time they cache the count of approved pieces)."""
+        """Approve a pending piece: it becomes a candidate source.
+
+        Running services see it within 10 s, the time they cache the count of approved
+        pieces."""
         queue = _queue(home, db)
         try:
             finish(queue, queue.approve(content_id, _reviewer(reviewer)), as_json)

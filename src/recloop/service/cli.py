@@ -182,8 +182,9 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         home: Path | None = HomeOption,
         db: str | None = DbOption,
     ) -> None:
-        """Replace a key by a new one with the same name, role and owner (so the same users);
-        the old one is revoked."""
+        """Replace a key by a new one with the same name, role and owner; revoke the old one.
+
+        The new key acts for the same client application, so for the same users."""
         store = _store(_settings(home, db))
         try:
             old = next((k for k in store.list_keys() if k.key_id == key_id), None)
@@ -287,8 +288,10 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         home: Path | None = HomeOption,
         db: str | None = DbOption,
     ) -> None:
-        """Fit exposure prices for a version: the service then re-ranks its candidates to
-        spread impressions (docs/fairness.md, "In the service"); refit when the data drifts."""
+        """Fit exposure prices for a version: the service re-ranks with them to spread exposure.
+
+        Every worker then re-ranks the version's candidates to spread impressions
+        (docs/fairness.md, "In the service"); refit when the data drifts."""
         from recloop.service.prices import clear_prices, fit_prices
         from recloop.store.artifacts import ArtifactRegistry
 
