@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -196,3 +197,20 @@ def test_quickstart_all_runs_every_registered_model(  # type: ignore[no-untyped-
     _ok(["quickstart", "--all", "--out", str(tmp_path / "out")])
     payload = json.loads((tmp_path / "out" / "records.json").read_text())
     assert {r["model"] for r in payload["records"]} == {"Popular", "SASRec"}
+
+
+def test_every_command_summary_is_one_line() -> None:
+    """The command lists show each command's first docstring paragraph; a hard line break in
+    it shows up as a broken line there."""
+    import typer
+
+    def walk(command: Any, path: str) -> list[tuple[str, str]]:
+        found = [(path, command.help or "")]
+        for name, sub in getattr(command, "commands", {}).items():
+            found += walk(sub, f"{path} {name}")
+        return found
+
+    commands = walk(typer.main.get_command(app), "recloop")
+    assert len(commands) > 30  # every sub-application is registered
+    broken = [path for path, text in commands if "\n" in text.strip().split("\n\n")[0]]
+    assert broken == []
