@@ -417,36 +417,42 @@ class RedisCache:
         With ``token``, nothing is stored if the cache was invalidated since it was taken (a
         value computed from data read before an invalidation, e.g. an erasure); with
         ``if_absent``, nothing replaces a live value (Redis ``SET NX``)."""
-        seconds = self.default_ttl if ttl is None else ttl
         try:
-            if token is not None and token < 0:
-                return
-            current = self._current_generation()
-            if token is not None and token != current:
-                return  # computed before an invalidation: no reader would look there
-            generation = current
-            name = self._key(generation, key)
-            scope = SCOPE_PATTERN.search(key)
-            if seconds <= 0:
-                self._client.delete(name)
-            elif scope is not None:  # derived from a user: never after their erasure
-                marker = self._forgotten_key(scope.group())
-                self._set_unless_forgotten(
-                    keys=[name, marker],
-                    args=[value, max(1, int(seconds * 1000)), "1" if if_absent else "0"],
-                )
-            else:
-                self._client.set(name, value, px=max(1, int(seconds * 1000)), nx=if_absent)
+            self._write(key, value, ttl, token, if_absent)
         except (redis.RedisError, OSError, ValueError):
             self._failed()
 
     def overwrite(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value`` for every process at once (they all read Redis); a failure raises
         :class:`CacheError`, as a failed invalidation does: the old value would live on."""
-        errors = self.errors
-        self.set(key, value, ttl)
-        if self.errors != errors:
-            raise CacheError(f"cannot write to the cache at {self.url}")
+        try:
+            self._write(key, value, ttl, None, False)
+        except (redis.RedisError, OSError, ValueError) as exc:
+            self._failed()
+            raise CacheError(f"cannot write to the cache at {self.url}: {_one_line(exc)}") from None
+
+    def _write(
+        self, key: str, value: bytes, ttl: float | None, token: int | None, if_absent: bool
+    ) -> None:
+        """:meth:`set`'s work; Redis failures propagate."""
+        seconds = self.default_ttl if ttl is None else ttl
+        if token is not None and token < 0:
+            return
+        current = self._current_generation()
+        if token is not None and token != current:
+            return  # computed before an invalidation: no reader would look there
+        name = self._key(current, key)
+        scope = SCOPE_PATTERN.search(key)
+        if seconds <= 0:
+            self._client.delete(name)
+        elif scope is not None:  # derived from a user: never after their erasure
+            marker = self._forgotten_key(scope.group())
+            self._set_unless_forgotten(
+                keys=[name, marker],
+                args=[value, max(1, int(seconds * 1000)), "1" if if_absent else "0"],
+            )
+        else:
+            self._client.set(name, value, px=max(1, int(seconds * 1000)), nx=if_absent)
 
     def _forgotten_key(self, scope: str) -> str:
         # "u=<digest>" without the bars, so purging the scope leaves the marker alone
