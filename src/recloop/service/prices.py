@@ -143,22 +143,17 @@ def fit_prices(
     if not len(users):
         raise ConfigError("no stored user has a positive event the model knows: nothing to fit")
     n_items = len(loaded.items)
+    every = np.arange(len(pos_indptr) - 1)
+    positives = Queries(every, pos_indptr, pos_items)
+    seen_all = Queries(every, all_indptr, all_items)  # every item with an event: excluded
     cand = np.full((len(users), candidates), -1, dtype=np.int64)
     cand_scores = np.full((len(users), candidates), -np.inf, dtype=np.float32)
     for start in range(0, len(users), CHUNK_USERS):
         chunk = users[start : start + CHUNK_USERS]
-        queries = Queries.from_lists(
-            chunk.tolist(), [pos_items[pos_indptr[u] : pos_indptr[u + 1]].tolist() for u in chunk]
-        )
-        seen = Exclusions.from_lists(
-            [all_items[all_indptr[u] : all_indptr[u + 1]].tolist() for u in chunk]
-        )
-        scores = loaded.model.score(queries)
-        items, item_scores = top_k(scores, candidates, seen.to_csr(n_items))
-        cand[start : start + len(chunk)], cand_scores[start : start + len(chunk)] = (
-            items,
-            item_scores,
-        )
+        seen = Exclusions.from_history(seen_all.take(chunk))
+        scores = loaded.model.score(positives.take(chunk))
+        rows = slice(start, start + len(chunk))
+        cand[rows], cand_scores[rows] = top_k(scores, candidates, seen.to_csr(n_items))
     allocation = exposure_price_rerank(cand, cand_scores, strength, k, n_items=n_items)
     manifest: dict[str, Any] = {
         "format": FORMAT,
