@@ -224,28 +224,27 @@ class SlateLog:
         ]
 
     # ------------------------------------------------------------------ aggregates
-    def _hit(self, attribution_s: float, slate_col: Any, created_col: Any, item_col: Any) -> Any:
-        """EXISTS a positive outcome for (slate, item) within ``attribution_s`` of the slate,
-        from the slate's own user (an event citing another user's slate is not its outcome)."""
-        return sa.exists().where(
-            events.c.slate_id == slate_col,
+    @staticmethod
+    def _outcome(attribution_s: float) -> tuple[Any, ...]:
+        """An event that is a positive outcome of the slate in scope: it cites the slate, is
+        about the slate's own user (another user's event citing it is no outcome of it) and
+        came within ``attribution_s`` of it."""
+        return (
+            events.c.slate_id == slates.c.slate_id,
             events.c.user_id == slates.c.user_id,
-            events.c.item_id == item_col,
             events.c.kind.in_(_POSITIVE),
-            events.c.timestamp <= created_col + attribution_s,
+            events.c.timestamp <= slates.c.created_at + attribution_s,
         )
 
+    def _hit(self, attribution_s: float, item_col: Any) -> Any:
+        """EXISTS a positive outcome of the slate on ``item_col``."""
+        return sa.exists().where(*self._outcome(attribution_s), events.c.item_id == item_col)
+
     def _slate_hit(self, attribution_s: float) -> Any:
-        """EXISTS a positive outcome on any item the slate showed, within the window, from
-        the slate's own user."""
+        """EXISTS a positive outcome of the slate on any item it showed."""
         return (
             sa.exists()
-            .where(
-                events.c.slate_id == slates.c.slate_id,
-                events.c.user_id == slates.c.user_id,
-                events.c.kind.in_(_POSITIVE),
-                events.c.timestamp <= slates.c.created_at + attribution_s,
-            )
+            .where(*self._outcome(attribution_s))
             .where(
                 sa.exists().where(
                     impressions.c.slate_id == slates.c.slate_id,
@@ -295,8 +294,7 @@ class SlateLog:
         self, since: float, until: float, attribution_s: float
     ) -> dict[str, dict[str, tuple[int, int]]]:
         """Impressions and positive outcomes by source and by position, over the window."""
-        shown = (impressions.c.slate_id, slates.c.created_at, impressions.c.item_id)
-        hit = sa.case((self._hit(attribution_s, *shown), 1), else_=0)
+        hit = sa.case((self._hit(attribution_s, impressions.c.item_id), 1), else_=0)
         joined = impressions.join(slates, impressions.c.slate_id == slates.c.slate_id)
         window = (slates.c.created_at >= since, slates.c.created_at <= until)
         out: dict[str, dict[str, tuple[int, int]]] = {}
