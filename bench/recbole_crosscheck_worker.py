@@ -96,7 +96,7 @@ def config_for(model: str, args: argparse.Namespace, extra: dict[str, Any]) -> A
 
 
 def split_tokens(dataset: Any, part: Any) -> dict[str, np.ndarray]:
-    inter = part.dataset.inter_feat if hasattr(part, "dataset") else part._dataset.inter_feat
+    inter = part._dataset.inter_feat
     users = dataset.id2token(dataset.uid_field, inter[dataset.uid_field].numpy())
     items = dataset.id2token(dataset.iid_field, inter[dataset.iid_field].numpy())
     return {"user": np.asarray(users, dtype=str), "item": np.asarray(items, dtype=str)}
