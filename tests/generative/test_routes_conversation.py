@@ -240,6 +240,56 @@ def test_conversations_belong_to_their_application(local_service: Service) -> No
     )
 
 
+def test_a_conversation_stops_when_its_user_joins_another_application(
+    local_service: Service,
+) -> None:
+    client, keys, _ = local_service
+    cid = start(client, keys["other"], "newcomer", "a comedy")["conversation_id"]
+    claim = {"event_id": "e1", "user_id": "newcomer", "item_id": "m9", "kind": "click"}
+    posted = client.post("/v1/events", json={"events": [claim]}, headers=bearer(keys["client"]))
+    assert posted.json()["stored"] == 1  # the user now belongs to the client's application
+    other = bearer(keys["other"])
+    turn = client.post(
+        f"/v1/conversations/{cid}/messages", json={"message": "older"}, headers=other
+    )
+    assert turn.status_code == 403, turn.text  # their history would shape the answer
+    assert client.get(f"/v1/conversations/{cid}", headers=other).status_code == 403
+
+
+def test_a_conversation_reads_no_history_without_personalisation(service: Service) -> None:
+    client, keys, _ = service
+    off = {"personalisation": False, "training": True, "generative": False}
+    put = client.put("/v1/users/u0/consent", json=off, headers=bearer(keys["client"]))
+    assert put.status_code == 200, put.text
+    answer = start(client, keys["client"], "u0", "a comedy")
+    assert "profile" not in {it["source"] for it in answer["items"]}
+    assert any("no known history" in note for note in answer["notes"])
+    # the same answer as for someone the service knows nothing about
+    stranger = start(client, keys["client"], "stranger", "a comedy")
+    assert [it["item_id"] for it in answer["items"]] == [it["item_id"] for it in stranger["items"]]
+
+
+def test_a_turn_running_during_an_erasure_does_not_save_the_conversation(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recloop.generative.conversation import ConversationalRecommender
+    from recloop.service.privacy import erase
+
+    client, keys, state = service
+    cid = start(client, keys["client"], "u4", "a comedy")["conversation_id"]
+    respond = ConversationalRecommender.respond
+
+    def erased_meanwhile(self: ConversationalRecommender, *args: object, **kw: object) -> object:
+        answer = respond(self, *args, **kw)  # type: ignore[arg-type]
+        erase(state, "u4", "test")  # lands while the turn is still being answered
+        return answer
+
+    monkeypatch.setattr(ConversationalRecommender, "respond", erased_meanwhile)
+    assert say(client, keys["client"], cid, "something older")["turn"] == 2
+    gone = client.get(f"/v1/conversations/{cid}", headers=bearer(keys["client"]))
+    assert gone.status_code == 404  # the turn's save was refused, nothing came back
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

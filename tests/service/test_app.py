@@ -272,7 +272,7 @@ def test_similar_items_preferences_users_metrics_openapi(
     assert state.store.get_preferences("u5") == {"diversity": 0.5}
     users = {"users": [{"user_id": "u100", "attributes": {"age": 30}}]}
     answer = client.post("/v1/users", json=users, headers=headers).json()
-    assert answer == {"stored": 1, "fields_dropped": 0}
+    assert answer == {"stored": 1, "fields_dropped": 0, "refused_erased": 0}
     assert state.store.get_user("u100") == {"age": 30}
     metrics = client.get("/metrics").text
     assert "recloop_http_requests_total" in metrics and "recloop_events_stored" in metrics

@@ -242,7 +242,7 @@ def test_data_minimisation_drops_and_counts_fields_outside_the_allow_lists(
     with TestClient(create_app(state=state)) as client:
         users = [{"user_id": "p1", "attributes": {"age": 30, "email": "a@b.c", "gender": "F"}}]
         answer = client.post("/v1/users", json={"users": users}, headers=bearer(key)).json()
-        assert answer == {"stored": 1, "fields_dropped": 1}
+        assert answer == {"stored": 1, "fields_dropped": 1, "refused_erased": 0}
         assert state.store.get_user("p1") == {"age": 30, "gender": "F"}
         event = {
             "event_id": "c1",

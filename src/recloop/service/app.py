@@ -40,6 +40,7 @@ from recloop.service.observability import (
     configure_json_logging,
     metrics_response,
 )
+from recloop.service.privacy import may_personalise
 from recloop.service.schemas import (
     MAX_RECOMMENDATIONS,
     ArmOut,
@@ -73,6 +74,7 @@ from recloop.service.schemas import (
     Slate,
     SourceStatsOut,
     UserBatch,
+    UsersCount,
     json_safe,
     parse_events,
 )
@@ -81,7 +83,13 @@ from recloop.service.state import ServiceState, warm_up
 from recloop.service.visibility import blocked_items
 from recloop.store.artifacts import ArtifactError
 from recloop.store.cache import user_scope
-from recloop.store.events import EventRecord, ForeignUserError, ItemRecord, StoreError
+from recloop.store.events import (
+    ErasedUserError,
+    EventRecord,
+    ForeignUserError,
+    ItemRecord,
+    StoreError,
+)
 from recloop.store.privacy import Consent, UserOwner
 from recloop.store.slates import Impression, SlateRecord
 
@@ -100,7 +108,8 @@ def _item_out(record: ItemRecord) -> ItemOut:
     )
 
 
-def _labelled(slate_id: str, candidates: list[Candidate]) -> list[RecommendedItem]:
+def _labelled(slate_id: str | None, candidates: list[Candidate]) -> list[RecommendedItem]:
+    """The answer's items; with a logged slate's id, each with its explanation handle."""
     return [
         RecommendedItem(
             item_id=c.item_id,
@@ -108,7 +117,7 @@ def _labelled(slate_id: str, candidates: list[Candidate]) -> list[RecommendedIte
             source=c.source,
             position=position,
             generated=c.generated,
-            explanation=f"{slate_id}/{position}",
+            explanation=None if slate_id is None else f"{slate_id}/{position}",
         )
         for position, c in enumerate(candidates)
     ]
@@ -235,6 +244,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
 
+    @app.exception_handler(ErasedUserError)
+    async def _erased(request: Request, exc: ErasedUserError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=410)
+
     @app.exception_handler(ForeignUserError)
     async def _foreign(request: Request, exc: ForeignUserError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=403)
@@ -353,8 +366,7 @@ def _add_routes(app: FastAPI) -> None:
         state.owners.check(principal, user_id)  # cached: no store read per request
         model = _model(state)
         token = state.cache.token()  # before any read: see _candidates
-        personalised = user_id not in state.erased and state.consent.get(user_id).personalisation
-        if not personalised:
+        if not may_personalise(state, user_id):
             return _unpersonalised(state, model, user_id, n)
         events = state.store.history(user_id)
         history = [item for item, _, kind in events if not kind.is_negative]
@@ -416,9 +428,9 @@ def _add_routes(app: FastAPI) -> None:
         found = model.similar(item_id, n, blocked_items(state, time.time()))
         if found is None:
             raise HTTPException(404, f"unknown item {item_id!r} for model {model.version}")
-        slate_id = uuid.uuid4().hex
+        # Not a slate for a user: nothing is logged, so no explanation handle is given.
         return SimilarItems(
-            item_id=item_id, model_version=model.version, items=_labelled(slate_id, found)
+            item_id=item_id, model_version=model.version, items=_labelled(None, found)
         )
 
     @app.post("/v1/items", response_model=Count, responses=AUTH_RESPONSES, tags=["items"])
@@ -445,12 +457,12 @@ def _add_routes(app: FastAPI) -> None:
         state.cache.invalidate()
         return _item_out(record)
 
-    @app.post("/v1/users", response_model=Count, responses=AUTH_RESPONSES, tags=["users"])
-    def post_users(batch: UserBatch, request: Request, principal: Client) -> Count:
+    @app.post("/v1/users", response_model=UsersCount, responses=AUTH_RESPONSES, tags=["users"])
+    def post_users(batch: UserBatch, request: Request, principal: Client) -> UsersCount:
         """Add or replace users and their attributes; attributes outside the data policy's
         allow-list (``RECLOOP_ALLOWED_USER_ATTRIBUTES``) are dropped and counted. A client
         key claims the unowned users; if another application owns any, nothing is stored
-        (403)."""
+        (403). Erased users are left out and counted (``refused_erased``)."""
         state = service_state(request)
         allowed = state.settings.user_attribute_allow_list
         rows, dropped = [], 0
@@ -461,23 +473,25 @@ def _add_routes(app: FastAPI) -> None:
                 dropped += len(user.attributes) - len(kept)
             rows.append((user.user_id, kept))
         owner = principal.owner if principal.role == "client" else None
-        state.store.upsert_users(rows, owner=owner)
+        refused = set(state.store.upsert_users(rows, owner=owner))
         if owner is not None:
-            state.owners.claimed([user_id for user_id, _ in rows], owner)
+            state.owners.claimed([user_id for user_id, _ in rows if user_id not in refused], owner)
         state.counters["unknown_fields"].inc(dropped)
-        return Count(stored=len(rows), fields_dropped=dropped)
+        stored = sum(1 for user_id, _ in rows if user_id not in refused)
+        return UsersCount(stored=stored, fields_dropped=dropped, refused_erased=len(refused))
 
     @app.put(
         "/v1/users/{user_id}/preferences",
         response_model=Preferences,
-        responses=AUTH_RESPONSES,
+        responses={**AUTH_RESPONSES, 410: {"description": "The user was erased"}},
         tags=["users"],
     )
     def put_preferences(
         user_id: PathId, body: Preferences, request: Request, principal: Client
     ) -> Preferences:
         """Replace a user's own controls (read by blending and re-ranking); a client key
-        claims an unowned user."""
+        claims an unowned user. Values are checked here (422 naming the key), and an erased
+        user's are refused (410)."""
         state = service_state(request)
         state.owners.check(principal, user_id, claim=True)
         state.store.set_preferences(user_id, body.preferences)
@@ -751,7 +765,8 @@ def _unpersonalised(state: ServiceState, model: Any, user_id: str, n: int) -> Re
     excluded = blocked_items(state, time.time())
     final = list(model.recommend("", [], n, excluded))  # "" is never a known user
     slate_id = uuid.uuid4().hex
-    if user_id not in state.erased:
+    logged = user_id not in state.erased  # an erased user's slates are never kept
+    if logged:
         segment = "unpersonalised"
         record = _slate_record(slate_id, user_id, model.version, segment, final, None)
         state.slates.add(record)
@@ -761,7 +776,7 @@ def _unpersonalised(state: ServiceState, model: Any, user_id: str, n: int) -> Re
         user_id=user_id,
         model_version=model.version,
         personalised=False,
-        items=_labelled(slate_id, final),
+        items=_labelled(slate_id if logged else None, final),
     )
     return Response(slate.model_dump_json(), media_type="application/json")
 

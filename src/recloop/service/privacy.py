@@ -91,6 +91,12 @@ class ErasedUsers:
         return _digest(user_id) in self._digests
 
 
+def may_personalise(state: Any, user_id: str) -> bool:
+    """Whether the user's data may shape what they are shown: not erased, and their
+    personalisation consent on. Every route that reads a user's history asks this first."""
+    return user_id not in state.erased and state.consent.get(user_id).personalisation
+
+
 def erase(state: Any, user_id: str, actor: str) -> ErasureOut:
     """Erase ``user_id`` everywhere this worker can reach (see the module docstring)."""
     privacy: PrivacyLog = state.privacy

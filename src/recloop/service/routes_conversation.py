@@ -43,7 +43,8 @@ from recloop.generative.retrieval import DenseIndex, MiniLMEncoder, TextEncoder,
 from recloop.service.auth import Principal
 from recloop.service.deps import AUTH_RESPONSES, Client, PathId, service_state
 from recloop.service.generation import generative_consent, text_generator
-from recloop.service.schemas import Identifier
+from recloop.service.privacy import may_personalise
+from recloop.service.schemas import Identifier, unicode_text
 from recloop.service.state import ServiceState
 from recloop.service.visibility import blocked_items
 from recloop.store.cache import user_scope
@@ -63,7 +64,7 @@ _BUILD = threading.Lock()
 def _message(value: str) -> str:
     if not value.strip():
         raise ValueError("must contain text")
-    return value
+    return unicode_text(value)
 
 
 class ConversationStart(BaseModel):
@@ -231,26 +232,34 @@ def _load(
         raise missing from None
     if owner != principal.owner and principal.role != "admin":
         raise missing  # another client's conversation: not even its existence is told
+    if conversation.user_id:  # the user may since belong to another application: 403
+        state.owners.check(principal, conversation.user_id)
     return conversation, owner
 
 
-def _save(state: ServiceState, conversation: Conversation, owner: str) -> None:
+def _save(state: ServiceState, conversation: Conversation, owner: str, token: int) -> None:
     """Kept under the client application (``owner``), not the key, so any of the
-    application's keys, a rotated one too, can continue it."""
+    application's keys, a rotated one too, can continue it; not kept when the cache was
+    invalidated since ``token`` (an erasure during the turn: the state must not come back)."""
     payload = {"owner": owner, "state": conversation.to_json()}
     state.cache.set(
         _key(conversation.conversation_id),
         json.dumps(payload, ensure_ascii=False).encode(),
         ttl=CONVERSATION_TTL_S,
+        token=token,
     )
 
 
 def _turn(
-    state: ServiceState, conversation: Conversation, message: str, owner: str
+    state: ServiceState, conversation: Conversation, message: str, owner: str, token: int
 ) -> ConversationAnswer:
+    """Answer ``message``; ``token``: the cache's, taken before the conversation was read.
+
+    The user's history and collaborative profile are used only while they may personalise
+    (consent on, not erased), as on every other route."""
     recommender, notes = _recommender(state)
     user_id = conversation.user_id or ""
-    events = state.store.history(user_id)
+    events = state.store.history(user_id) if user_id and may_personalise(state, user_id) else []
     history = [item for item, _, kind in events if not kind.is_negative]
     excluded = {item for item, _, _ in events} | blocked_items(state, time.time())
     consent = generative_consent(state, user_id) if user_id else False
@@ -260,7 +269,7 @@ def _turn(
         )
     except ConversationError as exc:
         raise HTTPException(422, str(exc)) from None
-    _save(state, answer.state, owner)
+    _save(state, answer.state, owner, token)
     last = answer.state.turns[-1]
     return ConversationAnswer(
         conversation_id=answer.state.conversation_id,
@@ -303,8 +312,9 @@ def start_conversation(
     """
     state = service_state(request)
     state.owners.check(principal, body.user_id)  # their history is read: 403 for others
+    token = state.cache.token()
     conversation = Conversation.new(body.user_id, _new_id(body.user_id))
-    return _turn(state, conversation, body.message, principal.owner)
+    return _turn(state, conversation, body.message, principal.owner, token)
 
 
 @router.post(
@@ -319,8 +329,9 @@ def add_message(
     """The next turn: a follow-up ("something older", "no, funnier") refines the previous
     constraints; a new request replaces them. Items already shown are not shown again."""
     state = service_state(request)
+    token = state.cache.token()  # before the read: an erasure from now on refuses the save
     conversation, owner = _load(state, conversation_id, principal)
-    return _turn(state, conversation, body.message, owner)
+    return _turn(state, conversation, body.message, owner, token)
 
 
 @router.get(

@@ -40,6 +40,7 @@ from recloop.generative.faithfulness import FaithfulnessChecker
 from recloop.service.deps import AUTH_RESPONSES, Client, PathId, service_state
 from recloop.service.engine import ServingModel
 from recloop.service.generation import generative_consent, text_generator
+from recloop.service.privacy import may_personalise
 from recloop.service.schemas import MAX_RECOMMENDATIONS
 from recloop.service.state import ServiceState
 from recloop.store.cache import user_scope
@@ -157,7 +158,9 @@ def slate_evidence(
     The route and the pregenerator (:mod:`recloop.service.pregeneration`) both build their
     evidence here, so a pregenerated explanation lands under the key the route looks up.
     """
-    events = state.store.history(slate.user_id, until=slate.created_at)
+    # a user who turned personalisation off (since) is explained without their history
+    personal = may_personalise(state, slate.user_id)
+    events = state.store.history(slate.user_id, until=slate.created_at) if personal else []
     history = [item for item, _, kind in events if not kind.is_negative]
     recent = list(dict.fromkeys(reversed(history)))[:_MAX_HISTORY]
     facts = _item_facts(state, [*(imp.item_id for imp in shown), *recent])

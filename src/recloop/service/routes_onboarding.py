@@ -42,8 +42,9 @@ from recloop.generative.onboarding import (
 )
 from recloop.service.bootstrap import interactions_from_store
 from recloop.service.deps import AUTH_RESPONSES, Client, service_state
+from recloop.service.privacy import may_personalise
 from recloop.service.routes_conversation import ENCODER  # the text encoder, shared
-from recloop.service.schemas import MAX_RECOMMENDATIONS, Identifier
+from recloop.service.schemas import MAX_RECOMMENDATIONS, Identifier, unicode_text
 from recloop.service.state import ServiceState
 from recloop.service.visibility import blocked_items
 from recloop.store.events import EventRecord
@@ -75,6 +76,7 @@ class OnboardingAnswersIn(BaseModel):
         for value in values:
             if not value.strip() or len(value) > 64:
                 raise ValueError("each genre must be 1-64 characters")
+            unicode_text(value)
         return values
 
 
@@ -93,6 +95,11 @@ class OnboardingIn(BaseModel):
     store_likes: bool = Field(
         default=False, description="Store the liked items as 'like' events (idempotent ids)."
     )
+
+    @field_validator("text")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        return None if value is None else unicode_text(value)
 
 
 class ProfileEntry(BaseModel):
@@ -239,10 +246,9 @@ def onboard(body: OnboardingIn, request: Request, principal: Client) -> Onboardi
     if newer:
         notes.append(f"{newer} liked items are newer than model {serving.version}: not used")
     stored_now = _store_likes(state, body) if body.store_likes else 0
-    personalised = (
-        body.user_id not in state.erased and state.consent.get(body.user_id).personalisation
-    )
-    if not personalised:  # as /recommendations does: popularity, nothing about the user read
+    if not may_personalise(
+        state, body.user_id
+    ):  # as /recommendations does: popularity, nothing about the user read
         blocked = serving.items.index(sorted(blocked_items(state, time.time())), unknown="new")
         result = onboarding.onboard(k=body.n, exclude=[int(i) for i in blocked if i >= 0])
         notes.append("personalisation is off for this user (consent or erasure): popular items")

@@ -7,22 +7,61 @@ and counted, never rejected.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from recloop.data.types import EventKind
+from recloop.engine.blend import UserControls
+from recloop.errors import ConfigError
 from recloop.store.events import EventRecord
 
 MAX_EVENTS_PER_BATCH = 10_000
 MAX_ITEMS_PER_BATCH = 10_000
 MAX_USERS_PER_BATCH = 10_000
 MAX_RECOMMENDATIONS = 200
+
+
+def unicode_text(value: str) -> str:
+    """``value`` if it can be stored and sent back as UTF-8: JSON's ``\\ud800`` escapes
+    decode to lone surrogates, which no database column or JSON answer can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (a lone surrogate is not)") from None
+    return value
+
+
+def _unicode_json(value: dict[str, Any]) -> dict[str, Any]:
+    """A free-form JSON object whose keys and strings are all valid Unicode text."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must hold valid Unicode text only (a lone surrogate is not)") from None
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_unicode_json)]
 Identifier = Annotated[
-    str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", examples=["u42"])
+    str,
+    Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", examples=["u42"]),
+    AfterValidator(unicode_text),
+]
+SlateRef = Annotated[
+    str,
+    Field(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$"),
+    AfterValidator(unicode_text),
 ]
 EventKindName = Literal["view", "click", "rating", "purchase", "like", "dislike", "skip"]
 
@@ -47,10 +86,17 @@ class EventIn(BaseModel):
         description="When it happened: epoch seconds or ISO-8601; default: when received.",
     )
     value: float | None = Field(default=None, description="Rating or weight.")
-    slate_id: str | None = Field(
-        default=None, max_length=128, description="The slate this outcome answers, if any."
+    slate_id: SlateRef | None = Field(
+        default=None, description="The slate this outcome answers, if any."
     )
-    context: dict[str, Any] | None = Field(default=None, description="Free-form context.")
+    context: JsonObject | None = Field(default=None, description="Free-form context.")
+
+    @field_validator("timestamp", "value", mode="before")
+    @classmethod
+    def _not_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # JSON true/false would otherwise be read as 1.0/0.0
+            raise ValueError("must be a number, not true or false")
+        return value
 
     @field_validator("value")
     @classmethod
@@ -169,11 +215,22 @@ def parse_events(
             rejected.append(
                 RejectedEvent(
                     index=index,
-                    event_id=event_id if isinstance(event_id, str) else None,
+                    event_id=event_id if _echoable(event_id) else None,
                     errors=_field_errors(exc),
                 )
             )
     return valid, rejected, unknown
+
+
+def _echoable(event_id: Any) -> bool:
+    """Whether a rejected event's id can be sent back as it came (valid Unicode text)."""
+    if not isinstance(event_id, str):
+        return False
+    try:
+        unicode_text(event_id)
+    except ValueError:
+        return False
+    return True
 
 
 class RecommendedItem(BaseModel):
@@ -182,7 +239,10 @@ class RecommendedItem(BaseModel):
     source: str = Field(description="What proposed the item: the model's name, or 'popular'.")
     position: int = Field(description="0-based rank in the slate.")
     generated: bool = Field(description="True for content made by the generative module.")
-    explanation: str = Field(description="Handle to ask for this item's explanation.")
+    explanation: str | None = Field(
+        description="Handle to ask for this item's explanation (GET /v1/explanations/"
+        "{slate_id}/{position}); null where none is kept (similar-item lists)."
+    )
 
 
 class Slate(BaseModel):
@@ -209,10 +269,16 @@ class ItemIn(_Body):
     item_id: Identifier
     title: str = Field(default="", max_length=1000)
     text: str = Field(default="", max_length=100_000, description="What text models read.")
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: JsonObject = Field(default_factory=dict)
     hidden: bool = False
-    available_from: float | None = Field(default=None, description="Epoch seconds, or none.")
-    available_until: float | None = Field(default=None, description="Epoch seconds, or none.")
+    available_from: float | None = Field(
+        default=None, allow_inf_nan=False, description="Epoch seconds, or none."
+    )
+    available_until: float | None = Field(
+        default=None, allow_inf_nan=False, description="Epoch seconds, or none."
+    )
+
+    _unicode = field_validator("title", "text")(unicode_text)
 
 
 class ItemBatch(_Body):
@@ -224,10 +290,16 @@ class ItemPatch(_Body):
 
     title: str = Field(default="", max_length=1000)
     text: str = Field(default="", max_length=100_000)
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: JsonObject = Field(default_factory=dict)
     hidden: bool = False
-    available_from: float | None = Field(default=None, description="Epoch seconds; null: none.")
-    available_until: float | None = Field(default=None, description="Epoch seconds; null: none.")
+    available_from: float | None = Field(
+        default=None, allow_inf_nan=False, description="Epoch seconds; null: none."
+    )
+    available_until: float | None = Field(
+        default=None, allow_inf_nan=False, description="Epoch seconds; null: none."
+    )
+
+    _unicode = field_validator("title", "text")(unicode_text)
 
 
 class ItemOut(BaseModel):
@@ -242,7 +314,7 @@ class ItemOut(BaseModel):
 
 class UserIn(_Body):
     user_id: Identifier
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: JsonObject = Field(default_factory=dict)
 
 
 class UserBatch(_Body):
@@ -252,7 +324,18 @@ class UserBatch(_Body):
 class Preferences(_Body):
     """A user's own controls, e.g. ``{"diversity": 0.3, "blocked_genres": ["Horror"]}``."""
 
-    preferences: dict[str, Any]
+    preferences: JsonObject
+
+    @field_validator("preferences")
+    @classmethod
+    def _known_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Checked when stored, not when next read: a bad value would otherwise fail every
+        later recommendation for the user."""
+        try:
+            UserControls.from_preferences(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class Count(BaseModel):
@@ -261,6 +344,14 @@ class Count(BaseModel):
     stored: int
     fields_dropped: int = Field(
         default=0, description="Attributes outside the data policy's allow-list, not stored."
+    )
+
+
+class UsersCount(Count):
+    """How many users were stored, and how many were refused because they were erased."""
+
+    refused_erased: int = Field(
+        default=0, description="Users erased earlier: their tombstones refuse data about them."
     )
 
 

@@ -45,6 +45,15 @@ class StoreError(RecloopError):
     """The store can't do what was asked: unknown item, bad URL, unreachable database..."""
 
 
+class ErasedUserError(StoreError):
+    """A write about a user whose tombstone refuses data about them (the service answers
+    410): an erased person's profile or preferences are never stored again."""
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        super().__init__(f"user {user_id!r} was erased: their tombstone refuses data about them")
+
+
 class ForeignUserError(StoreError):
     """A client key asked about users that another client application owns (the service
     answers 403). The message names the users, never their owner."""
@@ -249,13 +258,15 @@ class EventStore:
                     returning = insert.returning(events.c.user_id, events.c.event_id)
                     new = conn.execute(returning, params)
                     stored.update((user, event_id) for user, event_id in new)
+        # an erased user's first copy is refused and its repeats are duplicates, so every
+        # event is accounted for; a foreign user's events are all answered by the caller
         duplicates = [
             event.event_id
             for index, event in enumerate(batch)
-            if event.user_id not in skipped
+            if event.user_id not in others
             and (
                 first[(event.user_id, event.event_id)] != index
-                or (event.user_id, event.event_id) not in stored
+                or (event.user_id not in erased and (event.user_id, event.event_id) not in stored)
             )
         ]
         return IngestResult(
@@ -421,8 +432,9 @@ class EventStore:
     # ------------------------------------------------------------------ users
     def upsert_users(
         self, batch: Sequence[tuple[str, dict[str, Any]]], *, owner: str | None = None
-    ) -> None:
-        """Insert users or replace their attributes; their preferences are kept.
+    ) -> list[str]:
+        """Insert users or replace their attributes; their preferences are kept. Erased users
+        are left out (their tombstones refuse a replayed batch): their ids are returned.
 
         With ``owner``, the unowned users are claimed for it first, in the same transaction;
         if another application owns any of them, nothing is stored (:class:`ForeignUserError`).
@@ -432,19 +444,23 @@ class EventStore:
             for user_id, attributes in dict(batch).items()
         ]
         if not rows:
-            return
+            return []
         insert = self._insert(users)
         insert = insert.on_conflict_do_update(
             index_elements=["user_id"], set_={"attributes": insert.excluded.attributes}
         )
         with self._transaction() as conn:
-            if owner is not None:
-                self.guard_against_erasure(conn)
-                owners = self._claim(conn, [row["user_id"] for row in rows], owner)
+            self.guard_against_erasure(conn)
+            erased, owners = self._user_states(conn, [row["user_id"] for row in rows])
+            rows = [row for row in rows if row["user_id"] not in erased]
+            if owner is not None and rows:
+                owners = self._claim(conn, [row["user_id"] for row in rows], owner, owners)
                 others = sorted(user for user, holder in owners.items() if holder != owner)
                 if others:
                     raise ForeignUserError(others)  # rolls the claims back too
-            conn.execute(insert, rows)
+            if rows:
+                conn.execute(insert, rows)
+        return sorted(erased)
 
     def get_user(self, user_id: str) -> dict[str, Any] | None:
         """The user's attributes; ``None`` for a user never upserted nor given preferences."""
@@ -454,7 +470,8 @@ class EventStore:
         return None if text is None else dict(json.loads(text))
 
     def set_preferences(self, user_id: str, preferences: dict[str, Any]) -> None:
-        """Replace the user's preferences, creating the user if needed."""
+        """Replace the user's preferences, creating the user if needed; an erased user's
+        are refused (:class:`ErasedUserError`)."""
         insert = self._insert(users).values(
             user_id=user_id, preferences=_to_json(preferences, "preferences")
         )
@@ -462,6 +479,9 @@ class EventStore:
             index_elements=["user_id"], set_={"preferences": insert.excluded.preferences}
         )
         with self._transaction() as conn:
+            self.guard_against_erasure(conn)
+            if self._user_states(conn, [user_id])[0]:
+                raise ErasedUserError(user_id)
             conn.execute(insert)
 
     def get_preferences(self, user_id: str) -> dict[str, Any]:
@@ -639,11 +659,14 @@ class EventStore:
             else:
                 with self._reader.connect() as conn:
                     yield conn
-        except sa.exc.OperationalError as exc:
+        except (sa.exc.OperationalError, sa.exc.DataError) as exc:
+            # DataError: a value the database refuses, e.g. PostgreSQL and a NUL character
             reason = _one_line(exc.orig if exc.orig is not None else exc)
             if self._url.password:
                 reason = reason.replace(str(self._url.password), "***")
             raise StoreError(f"event store {self.url}: {reason}") from exc
+        except UnicodeEncodeError as exc:  # SQLite and a lone surrogate in a text
+            raise StoreError(f"event store {self.url}: text is not valid Unicode") from exc
 
     def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
         """The dialect's INSERT, which knows ON CONFLICT."""
@@ -802,7 +825,9 @@ def _item_row(item: ItemRecord) -> dict[str, Any]:
     for name in ("available_from", "available_until"):
         bound = getattr(item, name)
         if bound is not None and (
-            isinstance(bound, bool) or not isinstance(bound, int | float) or math.isnan(bound)
+            isinstance(bound, bool)
+            or not isinstance(bound, int | float)
+            or not math.isfinite(bound)
         ):
             raise StoreError(f"item {item.item_id!r}: {name} must be epoch seconds or None")
     return {
