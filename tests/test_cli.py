@@ -214,3 +214,21 @@ def test_every_command_summary_is_one_line() -> None:
     assert len(commands) > 30  # every sub-application is registered
     broken = [path for path, text in commands if "\n" in text.strip().split("\n\n")[0]]
     assert broken == []
+
+
+def test_no_help_text_is_swallowed_as_markup() -> None:
+    """Rich reads ``[word]`` in help text as markup and drops it; brackets must be escaped."""
+    import re
+
+    import typer
+
+    def texts(command: Any, path: str) -> list[tuple[str, str]]:
+        found = [(path, command.help or "")]
+        found += [(f"{path} {p.name}", getattr(p, "help", None) or "") for p in command.params]
+        for name, sub in getattr(command, "commands", {}).items():
+            found += texts(sub, f"{path} {name}")
+        return found
+
+    unescaped = re.compile(r"(?<!\\)\[[a-zA-Z/][^\]]*\]")
+    helps = texts(typer.main.get_command(app), "recloop")
+    assert [(path, text) for path, text in helps if unescaped.search(text)] == []

@@ -208,7 +208,8 @@ class GenerationPolicy:
     """Who gets language-model generation (the others get the template).
 
     ``everyone`` and ``nobody`` are what they say; ``targeted`` serves new users (fewer than
-    ``new_user_events`` events) and users in the ``gap_segments`` the gap analysis found
+    ``new_user_events`` events) and users in ``gap_segments``, names of the loop segments
+    slates are logged with (by default ``new``, ``regular``, ``heavy``) that an operator found
     under-served: the users a personal text helps most.
     """
 

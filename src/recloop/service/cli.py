@@ -202,7 +202,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
     def model_train(
         name: str = typer.Argument("EASE", help="model class name, e.g. EASE or SASRec"),
         config: Path | None = typer.Option(
-            None, "--config", "-c", help="run config TOML whose [model.config] to use"
+            None, "--config", "-c", help="run config TOML whose \\[model.config] table to use"
         ),
         max_epochs: int | None = typer.Option(None, help="cap on training epochs (neural)"),
         activate: bool = typer.Option(True, help="activate the new version"),
