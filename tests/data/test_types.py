@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,28 @@ def test_csr_views_never_rewrite_their_source() -> None:
     q.history_csr(10)
     for a, b in zip(before, [ex.items, ex.indptr, q.history_items], strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        ([1, -1], "out of range"),  # -1 is IdMap's "new item": never an index
+        ([2**32 + 3], "out of range"),  # would wrap around to item 3
+        ([2.9, 7.5], "whole numbers"),  # would be truncated to items 2 and 7
+        ([float("nan")], "whole numbers"),
+        (["3"], "integer indices"),
+    ],
+)
+def test_queries_refuse_indices_a_cast_would_change(history: list[Any], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        Queries.from_lists([0], [history])
+
+
+def test_queries_and_exclusions_take_exact_indices() -> None:
+    queries = Queries.from_lists([-1, 4], [[1.0, 2.0], []])  # whole floats are exact
+    assert queries.history_items.dtype == np.int32 and queries.history_items.tolist() == [1, 2]
+    with pytest.raises(DataError, match="user: index -2"):
+        Queries.from_lists([-2], [[1]])
+    with pytest.raises(DataError, match="Exclusions: item: index -1"):
+        Exclusions.from_lists([[0], [-1]])  # would exclude the last item through wrap-around
+    assert Exclusions.from_lists([[], [3, 3]]).items.tolist() == [3, 3]

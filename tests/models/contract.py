@@ -10,6 +10,7 @@ popularity serves the largest group alone.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -183,6 +184,35 @@ class RecommenderContract:
         manifest.write_text(json.dumps(text))
         with pytest.raises(RecloopError, match="SomethingElse"):
             self.model_class.load(tmp_path / "model")
+
+    @pytest.mark.parametrize(
+        ("damage", "file"),
+        [
+            ("truncated", "weights.safetensors"),
+            ("deleted", "weights.safetensors"),
+            ("a list", "manifest.json"),
+            ("no config", "manifest.json"),
+        ],
+    )
+    def test_load_names_a_damaged_file(
+        self, fitted: Any, tmp_path: Path, damage: str, file: str
+    ) -> None:
+        """A damaged artifact is one RecloopError naming it, never a traceback."""
+        folder = tmp_path / "model"
+        fitted.save(folder)
+        path = folder / file
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[:20])
+        elif damage == "deleted":
+            path.unlink()
+        elif damage == "a list":
+            path.write_text("[]")
+        else:
+            manifest = json.loads(path.read_text())
+            del manifest["config"]
+            path.write_text(json.dumps(manifest))
+        with pytest.raises(RecloopError, match=re.escape(str(folder))):
+            self.model_class.load(folder)
 
     # -- (c) exclusions ----------------------------------------------------------------
     def test_history_excluded_by_default(self, fitted: Any) -> None:
@@ -380,6 +410,18 @@ class ModelContract(RecommenderContract):
     def test_unfitted_model_cannot_score(self) -> None:
         with pytest.raises(RecloopError, match="not fitted"):
             self.make_model().score(planted().queries)
+
+    def test_load_refuses_sizes_its_arrays_do_not_have(
+        self, fitted: ScoringRecommender, tmp_path: Path
+    ) -> None:
+        """A manifest edited or copied from another fit must not load as a smaller model."""
+        fitted.save(tmp_path / "model")
+        path = tmp_path / "model" / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["n_items"] -= 1
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(RecloopError, match=re.escape(str(tmp_path / "model"))):
+            self.model_class.load(tmp_path / "model")
 
 
 class _OtherConfig(ModelConfig):

@@ -370,6 +370,37 @@ class Dataset:
         )
 
 
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _index_array(values: Any, what: str, lowest: int) -> np.ndarray:
+    """``values`` as int32 indices, refusing what the cast would silently change: fractions,
+    values below ``lowest`` (−1 for users, 0 for items) and values beyond int32 (which would
+    wrap around to other items)."""
+    array = np.asarray(values)
+    if array.size == 0:
+        return array.astype(np.int32).reshape(array.shape)
+    if array.dtype.kind not in "iuf" or array.dtype.kind == "b":
+        raise DataError(f"{what} must be integer indices, not {array.dtype}")
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise DataError(f"{what} must be whole numbers")
+    low, high = array.min(), array.max()
+    if low < lowest or high > _INT32_MAX:
+        bad = low if low < lowest else high
+        raise DataError(f"{what}: index {bad} is out of range ({lowest} to {_INT32_MAX})")
+    return array.astype(np.int32, copy=False)
+
+
+def _csr_from_lists(lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr, values)`` of a list of lists; the values as given, checked by the caller."""
+    lengths = np.array([len(values) for values in lists], dtype=np.int64)
+    indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    if not len(lists):
+        return indptr, np.zeros(0, np.int32)
+    return indptr, np.concatenate([np.asarray(values).ravel() for values in lists])
+
+
 def _check_csr(indptr: np.ndarray, indices: np.ndarray, n_rows: int, what: str) -> None:
     if indptr.ndim != 1 or len(indptr) != n_rows + 1:
         raise ValueError(f"{what}: indptr must have length n_rows + 1 = {n_rows + 1}")
@@ -391,24 +422,18 @@ class Queries:
     user_attributes: Mapping[str, Sequence[Any]] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "user", np.asarray(self.user, dtype=np.int32))
+        # -1 is "a user the model has never seen"; an item is always known (0 or more)
+        object.__setattr__(self, "user", _index_array(self.user, "Queries: user", -1))
         object.__setattr__(self, "history_indptr", np.asarray(self.history_indptr, np.int64))
-        object.__setattr__(self, "history_items", np.asarray(self.history_items, np.int32))
+        items = _index_array(self.history_items, "Queries: history item", 0)
+        object.__setattr__(self, "history_items", items)
         _check_csr(self.history_indptr, self.history_items, len(self.user), "Queries")
 
     @classmethod
     def from_lists(cls, users: Sequence[int], histories: Sequence[Sequence[int]]) -> Queries:
         if len(users) != len(histories):
             raise ValueError("one history per user is required")
-        lengths = np.array([len(h) for h in histories], dtype=np.int64)
-        indptr = np.zeros(len(histories) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        flat = (
-            np.concatenate([np.asarray(h, dtype=np.int32) for h in histories])
-            if len(histories)
-            else np.zeros(0, np.int32)
-        )
-        return cls(np.asarray(users, dtype=np.int32), indptr, flat)
+        return cls(np.asarray(users), *_csr_from_lists(histories))
 
     def __len__(self) -> int:
         return len(self.user)
@@ -458,7 +483,7 @@ class Exclusions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "indptr", np.asarray(self.indptr, dtype=np.int64))
-        object.__setattr__(self, "items", np.asarray(self.items, dtype=np.int32))
+        object.__setattr__(self, "items", _index_array(self.items, "Exclusions: item", 0))
         _check_csr(self.indptr, self.items, len(self.indptr) - 1, "Exclusions")
 
     @classmethod
@@ -468,8 +493,7 @@ class Exclusions:
 
     @classmethod
     def from_lists(cls, lists: Sequence[Sequence[int]]) -> Exclusions:
-        q = Queries.from_lists([0] * len(lists), lists)
-        return cls(q.history_indptr, q.history_items)
+        return cls(*_csr_from_lists(lists))
 
     def __len__(self) -> int:
         return len(self.indptr) - 1

@@ -8,6 +8,8 @@ and ``weights.safetensors``; nothing is ever pickled.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -15,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from pydantic import BaseModel, ConfigDict
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from recloop.data.split import Split
@@ -162,13 +165,43 @@ def read_artifact(path: Path, model: str) -> tuple[dict[str, Any], dict[str, np.
         manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
         raise RecloopError(f"{path}: no {MANIFEST}; not a recloop model directory") from None
-    except json.JSONDecodeError as exc:
-        raise RecloopError(f"{path / MANIFEST}: invalid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecloopError(f"{path / MANIFEST}: unreadable ({_one_line(exc)})") from None
+    if not isinstance(manifest, dict):
+        raise RecloopError(
+            f"{path / MANIFEST}: must be a JSON object, not {type(manifest).__name__}"
+        )
     if manifest.get("model") != model:
         raise RecloopError(f"{path}: holds a {manifest.get('model')!r} model, not {model!r}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise RecloopError(f"{path}: unsupported format_version {manifest.get('format_version')}")
-    return manifest, load_file(str(path / WEIGHTS))
+    try:
+        arrays = load_file(str(path / WEIGHTS))
+    except FileNotFoundError:
+        raise RecloopError(
+            f"{path / WEIGHTS}: missing; the model directory is incomplete"
+        ) from None
+    except (OSError, SafetensorError) as exc:
+        raise RecloopError(f"{path / WEIGHTS}: unreadable ({_one_line(exc)})") from None
+    return manifest, arrays
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@contextmanager
+def loading(path: Path) -> Iterator[None]:
+    """Errors while a model is rebuilt from the files at ``path`` as one
+    :class:`RecloopError` naming it: a damaged or mismatched artifact, never a traceback."""
+    try:
+        yield
+    except RecloopError as exc:
+        raise RecloopError(f"{path}: {exc}") from None
+    except KeyError as exc:
+        raise RecloopError(f"{path}: damaged model artifact: {exc} is missing") from None
+    except (ValueError, TypeError, IndexError, RuntimeError) as exc:
+        raise RecloopError(f"{path}: damaged model artifact ({_one_line(exc)})") from None
 
 
 POPULAR_SOURCE = "popular"
@@ -212,6 +245,10 @@ class ScoringRecommender:
     def _save_extra(self, path: Path) -> None:
         """Write what does not fit the weights file (e.g. a tokenizer) under ``path``."""
         return None
+
+    def _manifest_extra(self) -> dict[str, Any]:
+        """Entries the manifest records beside the config and sizes (read in ``_set_state``)."""
+        return {}
 
     def _load_extra(self, path: Path) -> None:
         """Read what :meth:`_save_extra` wrote; runs before :meth:`_set_state`."""
@@ -276,17 +313,37 @@ class ScoringRecommender:
     def save(self, path: Path) -> None:
         self._check_fitted()
         arrays = {"popularity": self.popularity_, **self._state()}
-        extra = {"n_users": self.n_users_, "n_items": self.n_items_}
+        extra = {"n_users": self.n_users_, "n_items": self.n_items_, **self._manifest_extra()}
         write_artifact(path, self.name, self.config, arrays, extra)
         self._save_extra(Path(path))
 
     @classmethod
     def load(cls, path: Path) -> Self:
+        """The model saved at ``path``; a damaged or mismatched artifact is a
+        :class:`RecloopError` naming it, never a model that answers wrongly: the manifest's
+        sizes must match the arrays, and the loaded model must score a probe query."""
         manifest, arrays = read_artifact(path, cls.__name__)
-        model = cls(cls.config_class(**manifest["config"]))
-        model.n_users_ = int(manifest["n_users"])
-        model.n_items_ = int(manifest["n_items"])
-        model.popularity_ = arrays.pop("popularity")
-        model._load_extra(Path(path))
-        model._set_state(arrays, manifest)
+        with loading(path):
+            model = cls(cls.config_class(**manifest["config"]))
+            model.n_users_ = int(manifest["n_users"])
+            model.n_items_ = int(manifest["n_items"])
+            model.popularity_ = arrays.pop("popularity")
+            model._load_extra(Path(path))
+            model._set_state(arrays, manifest)
+            model._probe()
         return model
+
+    def _probe(self) -> None:
+        """Score an empty and a one-item history, as the last and an unknown user: the
+        arrays a damaged artifact gets wrong (sizes, per-user state) are all read."""
+        if self.popularity_.shape != (self.n_items_,):
+            raise RecloopError(
+                f"popularity has {self.popularity_.shape[0]} items, the manifest says "
+                f"{self.n_items_}"
+            )
+        if self.n_items_ == 0:
+            return
+        last = max(self.n_users_ - 1, -1)
+        scores = self.score(Queries.from_lists([-1, last, -1], [[], [0], [0]]))
+        if scores.shape != (3, self.n_items_):
+            raise RecloopError(f"scores {scores.shape[1]} items, the manifest says {self.n_items_}")

@@ -374,7 +374,15 @@ class ArtifactRegistry:
             )
         try:
             model = model_class(info.model).load(path / MODEL_DIR)
-        except (RecloopError, OSError, ValueError, KeyError, SafetensorError) as exc:
+        except (
+            RecloopError,
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            RuntimeError,
+            SafetensorError,
+        ) as exc:
             text = " ".join(str(exc).split())
             raise ArtifactError(f"{path / MODEL_DIR}: cannot load the model ({text})") from None
         return LoadedModel(version=version, model=model, items=items, users=users, info=info)
