@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -14,11 +15,12 @@ from recloop.models.diffrec import (
     DiffRec,
     DiffRecConfig,
     DiffRecNet,
+    inference_noise,
     linear_variance_betas,
     step_embedding,
 )
 
-from .contract import ModelContract
+from .contract import ModelContract, planted
 
 FAST: dict[str, object] = {
     "steps": 5,
@@ -117,7 +119,43 @@ def test_inference_without_noise_is_deterministic() -> None:
 
 def test_zero_noise_scale_is_finite() -> None:
     model = DiffRec(DiffRecConfig(**{**FAST, "noise_scale": 0.0, "max_epochs": 2}))  # type: ignore[arg-type]
-    from .contract import planted
-
     model.fit(planted().train)
     assert np.isfinite(model.score(planted().queries)).all()
+
+
+@pytest.fixture(scope="module")
+def noisy() -> DiffRec:
+    """A DiffRec that corrupts histories before denoising them (inference_steps > 0)."""
+    config = DiffRecConfig(**{**FAST, "inference_steps": 2, "max_epochs": 3})  # type: ignore[arg-type]
+    return DiffRec(config).fit(planted().train)
+
+
+def test_inference_noise_is_fixed_per_history() -> None:
+    x = (torch.rand(6, 30, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    noise = inference_noise(x, seed=3)
+    assert noise.shape == x.shape and float(noise.std()) == pytest.approx(1.0, abs=0.2)
+    torch.testing.assert_close(inference_noise(x, seed=3), noise, rtol=0, atol=0)
+    # a row's noise does not depend on the rows beside it, and the seed changes it
+    torch.testing.assert_close(inference_noise(x[[4, 1]], seed=3), noise[[4, 1]], rtol=0, atol=0)
+    assert not torch.equal(inference_noise(x, seed=4), noise)
+
+
+def test_noisy_inference_is_deterministic(noisy: DiffRec) -> None:
+    queries = planted().queries
+    scores = noisy.score(queries)
+    np.testing.assert_array_equal(noisy.score(queries), scores)
+    rows = np.array([5, 0, 40])
+    np.testing.assert_allclose(noisy.score(queries.take(rows)), scores[rows], rtol=0, atol=1e-6)
+
+
+def test_noisy_inference_survives_save_and_load(noisy: DiffRec, tmp_path: Path) -> None:
+    queries = planted().queries
+    noisy.save(tmp_path / "model")
+    loaded = DiffRec.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.score(queries), noisy.score(queries))
+
+
+def test_scoring_leaves_the_global_rng_alone(noisy: DiffRec) -> None:
+    state = torch.get_rng_state()
+    noisy.score(planted().queries)
+    assert torch.equal(torch.get_rng_state(), state)

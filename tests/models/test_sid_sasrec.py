@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -71,3 +74,63 @@ def test_cold_items_have_no_id_embedding() -> None:
 def test_sid_sasrec_needs_a_catalogue() -> None:
     with pytest.raises(RecloopError, match="catalog"):
         SIDSASRec(SIDSASRecConfig(**FAST)).fit(planted().train)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[SIDSASRec, Path]:
+    """A fitted model and the directory it was saved to (copy it before damaging it)."""
+    cfg = SIDSASRecConfig(**{**FAST, "max_epochs": 1})  # type: ignore[arg-type]
+    model = SIDSASRec(cfg).fit(planted().train, catalog=planted_catalog())
+    folder = tmp_path_factory.mktemp("sid_sasrec") / "model"
+    model.save(folder)
+    return model, folder
+
+
+def _copy(saved: tuple[SIDSASRec, Path], tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(saved[1], folder)
+    return folder
+
+
+def test_manifest_records_the_semantic_ids(saved: tuple[SIDSASRec, Path]) -> None:
+    model, folder = saved
+    record = json.loads((folder / "manifest.json").read_text())["semantic_id_codes"]
+    assert record["count"] == model.n_items_ == len(model.sids_.codes)
+    assert len(record["sha256"]) == 64
+
+
+def test_load_refuses_semantic_ids_of_another_fit(
+    saved: tuple[SIDSASRec, Path], tmp_path: Path
+) -> None:
+    """Same shape, other codes: the recorded hash tells them apart."""
+    folder = _copy(saved, tmp_path)
+    codes = np.load(folder / "semantic_ids" / "codes.npy")
+    np.save(folder / "semantic_ids" / "codes.npy", codes[::-1].copy())
+    with pytest.raises(RecloopError, match=r"semantic_ids/codes\.npy.*SHA-256"):
+        SIDSASRec.load(folder)
+
+
+def test_load_refuses_semantic_ids_for_fewer_items(
+    saved: tuple[SIDSASRec, Path], tmp_path: Path
+) -> None:
+    """Even an artifact saved before the hash was recorded has its code count checked."""
+    folder = _copy(saved, tmp_path)
+    codes = np.load(folder / "semantic_ids" / "codes.npy")
+    np.save(folder / "semantic_ids" / "codes.npy", codes[:-1])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["semantic_id_codes"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    n = saved[0].n_items_
+    with pytest.raises(RecloopError, match=rf"semantic_ids/codes\.npy: .* for {n - 1} items"):
+        SIDSASRec.load(folder)
+
+
+def test_artifacts_without_the_semantic_id_hash_still_load(
+    saved: tuple[SIDSASRec, Path], tmp_path: Path
+) -> None:
+    folder = _copy(saved, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["semantic_id_codes"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    queries = planted().queries
+    np.testing.assert_array_equal(SIDSASRec.load(folder).score(queries), saved[0].score(queries))

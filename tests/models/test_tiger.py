@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
+import math
+import re
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
-from recloop.data import Exclusions, Queries
+from recloop.data import Exclusions, Interactions, Queries
 from recloop.errors import RecloopError
-from recloop.models.base import ModelConfig
+from recloop.models.base import ModelConfig, top_k
 from recloop.models.tiger import TIGER, TIGERConfig
 from recloop.models.tiger_net import TigerNet, user_buckets
 
@@ -195,3 +199,114 @@ def test_free_decoding_marks_ids_that_are_no_allowed_item(tiger: TIGER) -> None:
     # constrained decoding fills every slot; free decoding can only lose slots
     constrained, _ = tiger.recommend(data.queries, 10)
     assert (constrained >= 0).all()
+
+
+def test_repeated_exclusions_hide_no_other_item(tiger: TIGER) -> None:
+    """An item listed many times (a history with repeats) is excluded once, nothing more."""
+    data = planted()
+    n = data.n_items
+    queries = data.queries.take(np.arange(6))
+    history = [queries.history(row).tolist() for row in range(len(queries))]
+    repeated = Exclusions.from_lists([h + [h[0]] * 30 for h in history])
+    got, got_scores = tiger.recommend(queries, n, repeated)
+    expected, expected_scores = tiger.recommend(queries, n, Exclusions.from_lists(history))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got_scores, expected_scores)
+    # the same through the default exclusions of a history that repeats an item
+    with_repeats = Queries.from_lists([-1], [history[0] + [history[0][-1]] * 30])
+    items, _ = tiger.recommend(with_repeats, n)
+    shown = items[0][items[0] >= 0]
+    assert set(shown.tolist()) == set(range(n)) - set(history[0])
+
+
+def test_beam_is_capped_at_the_catalogue_and_long_lists_are_padded(tiger: TIGER) -> None:
+    data = planted()
+    n = data.n_items
+    assert tiger.beam_width(5) == tiger.config.beam
+    assert tiger.beam_width(10**6) == len(tiger.trie_) == n
+    assert tiger.beam_width(10**6, constrained=False) == math.prod(tiger.sids_.vocab)
+    queries = data.queries.take(np.arange(3))
+    full, full_scores = tiger.recommend(queries, n)
+    items, scores = tiger.recommend(queries, 20_000)
+    assert items.shape == scores.shape == (3, 20_000)
+    np.testing.assert_array_equal(items[:, :n], full)
+    np.testing.assert_array_equal(scores[:, :n], full_scores)
+    assert (items[:, n:] == -1).all() and np.isneginf(scores[:, n:]).all()
+    free, free_scores = tiger.recommend(queries, 20_000, constrained=False)
+    assert free.shape == (3, 20_000)
+    assert np.isneginf(free_scores[:, math.prod(tiger.sids_.vocab) :]).all()
+
+
+def test_long_lists_with_cold_items_are_padded() -> None:
+    data = planted()
+    config = TIGERConfig(**{**FAST, "cold_share": 0.5, "max_epochs": 1})  # type: ignore[arg-type]
+    model = TIGER(config).fit(data.train, catalog=planted_catalog())
+    model.add_items(["Film 900. Genres: drama, drama cinema"])
+    assert model.beam_width(10**6) == data.n_items + 1
+    items, scores = model.recommend(data.queries.take(np.arange(2)), 5_000)
+    assert items.shape == (2, 5_000)
+    assert (items[:, data.n_items + 1 :] == -1).all()
+    assert np.isneginf(scores[:, data.n_items + 1 :]).all()
+
+
+def test_empty_history_gets_distinct_user_popularity() -> None:
+    """Repeats count once, as in every other model: one user replaying an item does not
+    make it the most popular."""
+    data = planted()
+    replays = Interactions.from_arrays(
+        np.zeros(500, dtype=np.int64), np.full(500, data.n_items - 1),
+        users=data.train.users, items=data.train.items,
+    )  # fmt: skip
+    train = data.train.concat(replays)
+    config = TIGERConfig(**{**FAST, "max_epochs": 1})  # type: ignore[arg-type]
+    model = TIGER(config).fit(train, catalog=planted_catalog())
+    users_per_item = np.asarray(train.to_csr().sum(axis=0)).ravel()
+    np.testing.assert_array_equal(model.popularity_, users_per_item)
+    items, scores = model.recommend(Queries.from_lists([-1], [[]]), 5)
+    expected, expected_scores = top_k(users_per_item[None, :], 5)
+    np.testing.assert_array_equal(items, expected)
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_manifest_records_the_semantic_ids(tiger: TIGER, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    tiger.save(folder)
+    record = json.loads((folder / "manifest.json").read_text())["semantic_id_codes"]
+    assert record["count"] == tiger.n_items_
+    assert len(record["sha256"]) == 64
+
+
+def test_load_refuses_semantic_ids_of_another_fit(tiger: TIGER, tmp_path: Path) -> None:
+    """Same shape, other codes: the recorded hash tells them apart."""
+    folder = tmp_path / "m"
+    tiger.save(folder)
+    codes = np.load(folder / "semantic_ids" / "codes.npy")
+    np.save(folder / "semantic_ids" / "codes.npy", codes[::-1].copy())
+    with pytest.raises(RecloopError, match=r"semantic_ids/codes\.npy.*SHA-256"):
+        TIGER.load(folder)
+
+
+def test_load_refuses_semantic_ids_for_fewer_items(tiger: TIGER, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    tiger.save(folder)
+    codes = np.load(folder / "semantic_ids" / "codes.npy")
+    np.save(folder / "semantic_ids" / "codes.npy", codes[:-1])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["semantic_id_codes"]  # as saved before the hash was recorded
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        RecloopError, match=rf"{re.escape(str(folder))}.*for {tiger.n_items_ - 1} items"
+    ):
+        TIGER.load(folder)
+
+
+def test_artifacts_without_the_semantic_id_hash_still_load(tiger: TIGER, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    tiger.save(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["semantic_id_codes"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    queries = planted().queries.take(np.arange(4))
+    np.testing.assert_array_equal(
+        TIGER.load(folder).recommend(queries, 10)[0], tiger.recommend(queries, 10)[0]
+    )

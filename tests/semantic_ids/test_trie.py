@@ -68,6 +68,27 @@ def test_exclusions_block_exhausted_prefixes() -> None:
     assert level2[0, 0] == -1 and level2[0, 1] >= 0
 
 
+def test_repeated_exclusions_count_once() -> None:
+    """An item excluded twice (a history with repeats) must not hide its prefix siblings."""
+    trie = PrefixTrie(CODES, items=np.array([10, 11, 12, 13]))
+    once = trie.blocked_counts((np.array([0, 1, 2]), np.array([10, 13])))
+    twice = trie.blocked_counts((np.array([0, 3, 5]), np.array([10, 10, 99, 13, 13])))
+    rows = np.array([0, 1])
+    for level in range(trie.depth + 1):
+        np.testing.assert_array_equal(twice.per_level[level][0], once.per_level[level][0])
+        np.testing.assert_array_equal(twice.per_level[level][1], once.per_level[level][1])
+    node_01 = trie.walk(np.array([[0, 1], [0, 1]]))
+    level2 = trie.next_tokens(2, node_01, twice, rows=rows)
+    assert level2[0, 0] == -1 and level2[0, 1] >= 0  # item 11 stays reachable for query 0
+    root = np.zeros(2, dtype=np.int64)
+    assert (trie.next_tokens(0, root, twice, rows=rows)[1] >= 0).tolist() == [
+        True,
+        False,
+        False,
+        False,  # item 13 is the only one under (3, …) and query 1 excludes it
+    ]
+
+
 def test_add_and_remove() -> None:
     trie = PrefixTrie(CODES)
     trie.add(np.array([4]), np.array([[3, 1, 1]]))

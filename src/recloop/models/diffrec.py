@@ -11,13 +11,16 @@ optionally reweighted by ``SNR(t−1) − SNR(t)`` (``reweight``).
 Inference corrupts the history for ``inference_steps`` steps (``T'``; 0 leaves it clean,
 the setting the paper found best for recommendation, since a user's history is not noise) and
 then runs the reverse process over the ``T`` steps with the posterior mean
-``μ(x_t, x̂₀)`` and no sampling noise; the final ``x̂₀`` is the item scores.
+``μ(x_t, x̂₀)`` and no sampling noise; the final ``x̂₀`` is the item scores. The inference
+noise is a function of the config's seed and the history alone (see :func:`inference_noise`),
+so a fitted model scores a history the same way every time, after save/load and in any batch.
 
 L-DiffRec (the item-clustered latent variant for large catalogues) is not implemented.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from itertools import pairwise
 from typing import ClassVar
@@ -87,6 +90,29 @@ def step_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return F.pad(emb, (0, dim - 2 * half))
 
 
+def inference_noise(x0: torch.Tensor, seed: int) -> torch.Tensor:
+    """Standard normal noise shaped like ``x0``, each row a function of ``seed`` and that row.
+
+    Every row is drawn from a CPU :class:`torch.Generator` seeded with a SHA-256 of the seed
+    and the row's non-zero entries (for a history: its item set), so the noise a history gets
+    does not depend on the call, the batch it is in or the device, and torch's global RNG is
+    left alone. It draws as many numbers as ``randn_like`` would, plus one hash per row.
+    """
+    x = x0.detach().float().cpu().numpy()
+    rows, cols = np.nonzero(x)
+    bounds = np.searchsorted(rows, np.arange(len(x) + 1))
+    noise = torch.empty(x.shape, dtype=torch.float32)
+    generator = torch.Generator()
+    for row in range(len(x)):
+        items = cols[bounds[row] : bounds[row + 1]]
+        digest = hashlib.sha256(f"{seed}:".encode())
+        digest.update(np.ascontiguousarray(items, dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(x[row, items], dtype="<f4").tobytes())
+        generator.manual_seed(int.from_bytes(digest.digest()[:8], "little"))
+        torch.randn(x.shape[1], generator=generator, out=noise[row])
+    return noise.to(device=x0.device, dtype=x0.dtype)
+
+
 class DiffRecNet(TrainableModule):
     """The x₀-predicting denoiser and the diffusion it is trained in."""
 
@@ -104,9 +130,11 @@ class DiffRecNet(TrainableModule):
         dropout: float,
         betas: np.ndarray,
         reweight: bool,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.emb_dim = emb_dim
+        self.seed = seed  # of the inference noise (not state: it comes from the config)
         self.reweight = reweight
         self.step_proj = torch.nn.Linear(emb_dim, emb_dim)
         widths = [n_items + emb_dim, *hidden_dims, n_items]
@@ -156,11 +184,15 @@ class DiffRecNet(TrainableModule):
 
     @torch.no_grad()
     def denoise(self, x0: torch.Tensor, inference_steps: int) -> torch.Tensor:
-        """Corrupt for ``inference_steps`` steps, then reverse all steps with posterior means."""
+        """Corrupt for ``inference_steps`` steps, then reverse all steps with posterior means.
+
+        The corruption noise is :func:`inference_noise` of each row, so the result is
+        deterministic.
+        """
         x_t = x0
         if inference_steps > 0:
             t = torch.full((x0.shape[0],), inference_steps - 1, device=x0.device)
-            x_t = self.corrupt(x0, t, torch.randn_like(x0))
+            x_t = self.corrupt(x0, t, inference_noise(x0, self.seed))
         for step in reversed(range(self.steps)):
             t = torch.full((x0.shape[0],), step, device=x0.device)
             x0_hat = self(x_t, t)
@@ -178,7 +210,13 @@ class DiffRec(NeuralRecommender):
         cfg = self.config
         betas = linear_variance_betas(cfg.steps, cfg.noise_scale, cfg.noise_min, cfg.noise_max)
         return DiffRecNet(
-            n_items, cfg.hidden_dims, cfg.step_embedding, cfg.dropout, betas, cfg.reweight
+            n_items,
+            cfg.hidden_dims,
+            cfg.step_embedding,
+            cfg.dropout,
+            betas,
+            cfg.reweight,
+            seed=cfg.seed,
         )
 
     def _batches(self, train: Interactions) -> BatchFactory:

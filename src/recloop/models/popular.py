@@ -32,6 +32,13 @@ class Popular(ScoringRecommender):
     def _score(self, queries: Queries) -> np.ndarray:
         return np.broadcast_to(self.counts_, (len(queries), self.n_items_)).copy()
 
+    def score(self, queries: Queries) -> np.ndarray:
+        """The configured counts for every query: an empty history gets them too, not the
+        distinct-user popularity the base class fills in, so everyone gets one list."""
+        scores = super().score(queries)
+        scores[queries.history_lengths() == 0] = self.counts_
+        return scores
+
     def _state(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts_}
 

@@ -35,6 +35,7 @@ from recloop.errors import ConfigError, RecloopError
 from recloop.models.base import (
     POPULAR_SOURCE,
     ModelConfig,
+    loading,
     read_artifact,
     require_catalog,
     top_k,
@@ -43,6 +44,12 @@ from recloop.models.base import (
 )
 from recloop.models.neural import NeuralConfig, train_network
 from recloop.models.sasrec import last_items, owned_training_windows
+from recloop.models.sid_sasrec import (
+    SEMANTIC_IDS_DIR,
+    SEMANTIC_IDS_KEY,
+    check_semantic_ids,
+    semantic_ids_record,
+)
 from recloop.models.tiger_net import TigerNet, user_buckets
 from recloop.semantic_ids.build import SemanticIdConfig, SemanticIds
 from recloop.semantic_ids.trie import Blocked, PrefixTrie
@@ -72,7 +79,11 @@ class TIGERConfig(NeuralConfig):
     user_buckets: int = Field(
         default=0, ge=0, description="Hashed user-token buckets (0: no user token)."
     )
-    beam: int = Field(default=20, ge=1, description="Beam width (raised to k when k is larger).")
+    beam: int = Field(
+        default=20,
+        ge=1,
+        description="Beam width (raised to k when k is larger, up to the number of IDs).",
+    )
     cold_share: float = Field(
         default=0.1, ge=0.0, le=1.0, description="Most of a list that may be cold items."
     )
@@ -120,7 +131,8 @@ class TIGER:
         catalog = require_catalog(self.name, catalog, train.n_items)
         self.n_users_ = train.n_users
         self.n_items_ = train.n_items
-        self.popularity_ = np.bincount(train.item, minlength=train.n_items).astype(np.float32)
+        # distinct users per item, as every ScoringRecommender counts it (repeats count once)
+        self.popularity_ = np.asarray(train.to_csr().sum(axis=0), dtype=np.float32).ravel()
         warm = self.popularity_ > 0
         if not warm.any():
             raise ConfigError("TIGER needs at least one item with a train interaction")
@@ -245,10 +257,10 @@ class TIGER:
         pad = steps[None, :] > torch.from_numpy(last).to(device)[:, None] + shift
         ex_indptr, ex_items = _take_rows(ex, rows)
         blocked = self.trie_.blocked_counts((ex_indptr, ex_items))
-        beam = max(cfg.beam, k)
+        beam = self.beam_width(k, constrained)
         if not constrained:
             found = beam_search(net, memory, pad, self.trie_, beam, None, self.warm_, free=True)
-            items, scores = found[0][:, :k], found[1][:, :k]
+            items, scores = _pad(found[0][:, :k], found[1][:, :k], k)
             banned = np.zeros(items.shape, dtype=bool)
             for row in range(len(items)):
                 lo, hi = ex_indptr[row], ex_indptr[row + 1]
@@ -261,10 +273,18 @@ class TIGER:
         )
         warm_items, warm_scores, prefix_nodes, prefix_scores = found
         if self.warm_.all() or cfg.cold_share == 0:
-            return warm_items[:, :k], warm_scores[:, :k]
+            return _pad(warm_items[:, :k], warm_scores[:, :k], k)
         return self._with_cold(
             warm_items, warm_scores, prefix_nodes, prefix_scores, ex_indptr, ex_items, k
         )
+
+    def beam_width(self, k: int, constrained: bool = True) -> int:
+        """The beam for a top-``k`` list: ``beam`` raised to ``k``, but never wider than the
+        IDs decoding can reach (the items in the trie, or every token combination when
+        unconstrained), since a wider beam only adds empty slots at a cost that grows with k."""
+        self._check_fitted()
+        reachable = len(self.trie_) if constrained else math.prod(self.sids_.vocab)
+        return max(1, min(max(self.config.beam, k), reachable))
 
     def _with_cold(
         self,
@@ -340,23 +360,36 @@ class TIGER:
             "warm": self.warm_.astype(np.uint8),
             **{f"net.{k}": v for k, v in state_to_numpy(self.net_).items()},
         }
-        extra = {"n_users": self.n_users_, "n_items": self.n_items_}
+        extra = {
+            "n_users": self.n_users_,
+            "n_items": self.n_items_,
+            SEMANTIC_IDS_KEY: semantic_ids_record(self.sids_),
+        }
         write_artifact(path, self.name, self.config, arrays, extra)
-        self.sids_.save(path / "semantic_ids")
+        self.sids_.save(path / SEMANTIC_IDS_DIR)
 
     @classmethod
     def load(cls, path: Path) -> Self:
+        """The model saved at ``path``; a damaged artifact, or a ``semantic_ids/`` folder that
+        is not the one saved with it, is a :class:`RecloopError` naming the directory."""
         path = Path(path)
         manifest, arrays = read_artifact(path, cls.__name__)
-        model = cls(TIGERConfig(**manifest["config"]))
-        model.n_users_ = int(manifest["n_users"])
-        model.n_items_ = int(manifest["n_items"])
-        model.popularity_ = arrays.pop("popularity")
-        warm = arrays.pop("warm").astype(bool)
-        model.sids_ = SemanticIds.load(path / "semantic_ids")
-        model._index(warm)
-        model.net_ = model._build()
-        load_numpy_state(model.net_, {k.removeprefix("net."): v for k, v in arrays.items()})
+        with loading(path):
+            model = cls(TIGERConfig(**manifest["config"]))
+            model.n_users_ = int(manifest["n_users"])
+            model.n_items_ = int(manifest["n_items"])
+            model.popularity_ = arrays.pop("popularity")
+            warm = arrays.pop("warm").astype(bool)
+            model.sids_ = SemanticIds.load(path / SEMANTIC_IDS_DIR)
+            check_semantic_ids(model.sids_, model.n_items_, manifest.get(SEMANTIC_IDS_KEY))
+            if warm.shape != (model.n_items_,) or model.popularity_.shape != warm.shape:
+                raise RecloopError(
+                    f"warm/popularity arrays have {len(warm)}/{len(model.popularity_)} items, "
+                    f"the manifest says {model.n_items_}"
+                )
+            model._index(warm)
+            model.net_ = model._build()
+            load_numpy_state(model.net_, {k.removeprefix("net."): v for k, v in arrays.items()})
         model.net_.eval()
         return model
 
@@ -367,6 +400,17 @@ class TIGER:
             "cold_items": int((~self.warm_).sum()),
             "semantic_ids": json.loads(self.config.semantic_ids.model_dump_json()),
         }
+
+
+def _pad(items: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Widen a list shorter than ``k`` with item −1 and score −inf."""
+    short = k - items.shape[1]
+    if short <= 0:
+        return items, scores
+    return (
+        np.pad(items, ((0, 0), (0, short)), constant_values=-1),
+        np.pad(scores, ((0, 0), (0, short)), constant_values=-np.inf),
+    )
 
 
 def _take_rows(ex: Exclusions, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -209,13 +209,15 @@ class PrefixTrie:
         """Per query, how many excluded items lie below each node (for :meth:`next_tokens`).
 
         ``excluded`` is a CSR pair ``(indptr, items)`` of each query's excluded items; items
-        not in the trie are ignored.
+        not in the trie are ignored, and an item listed twice for a query (a history with
+        repeats) counts once, so it cannot hide the other items under its prefixes.
         """
         indptr, ex_items = np.asarray(excluded[0]), np.asarray(excluded[1])
-        rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
         leaf = self._leaf_of(ex_items.astype(np.int64))
         keep = leaf >= 0
-        rows, leaf = rows[keep], leaf[keep]
+        pairs = np.unique(rows[keep] * max(len(self), 1) + leaf[keep])
+        rows, leaf = np.divmod(pairs, max(len(self), 1))
         per_level = []
         for lvl in range(self.depth + 1):
             nodes = self._item_nodes()[lvl][leaf]
