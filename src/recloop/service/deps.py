@@ -5,18 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request
-from pydantic import AfterValidator
 
 from recloop.service.auth import AuthError, Principal, authenticate, require_role
-from recloop.service.schemas import unicode_text
 from recloop.service.state import ServiceState
 
 # The ids of the request bodies' Identifier: no control characters (PostgreSQL refuses NUL).
-PathId = Annotated[
-    str,
-    Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$"),
-    AfterValidator(unicode_text),
-]
+PathId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 def service_state(request: Request) -> ServiceState:

@@ -7,7 +7,6 @@ and counted, never rejected.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from datetime import datetime
@@ -43,26 +42,36 @@ def unicode_text(value: str) -> str:
     return value
 
 
+def _is_unicode(node: Any) -> bool:
+    """Whether every key and string in a decoded JSON value is valid Unicode text."""
+    if isinstance(node, str):
+        if node.isascii():
+            return True
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(node, dict):
+        return all(_is_unicode(key) and _is_unicode(item) for key, item in node.items())
+    if isinstance(node, list):
+        return all(_is_unicode(item) for item in node)
+    return True
+
+
 def _unicode_json(value: dict[str, Any]) -> dict[str, Any]:
-    """A free-form JSON object whose keys and strings are all valid Unicode text."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must hold valid Unicode text only (a lone surrogate is not)") from None
+    """A free-form JSON object whose keys and strings are all valid Unicode text (constrained
+    strings need no such check: pydantic refuses lone surrogates in those itself)."""
+    if not _is_unicode(value):
+        raise ValueError("must hold valid Unicode text only (a lone surrogate is not)")
     return value
 
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(_unicode_json)]
 Identifier = Annotated[
-    str,
-    Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", examples=["u42"]),
-    AfterValidator(unicode_text),
+    str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", examples=["u42"])
 ]
-SlateRef = Annotated[
-    str,
-    Field(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$"),
-    AfterValidator(unicode_text),
-]
+SlateRef = Annotated[str, Field(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]
 EventKindName = Literal["view", "click", "rating", "purchase", "like", "dislike", "skip"]
 
 
