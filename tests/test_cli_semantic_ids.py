@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from recloop.cli import app
+from cli_support import cli_error, cli_ok
 
-runner = CliRunner()
 SID_DIR = Path("runs/synthetic/semantic_ids/rkmeans-tfidf")
 # levels and codebook size here are overridden by the command-line options
 CONFIG = """\
@@ -33,22 +31,6 @@ codebook_size = 16
 """
 
 
-def _ok(args: list[str]) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output + str(result.exception)
-    return result.output
-
-
-def _error(args: list[str]) -> str:
-    """The single stderr line of a user mistake (exit code 2, no traceback)."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RECLOOP_CACHE", str(tmp_path / "cache"))
@@ -63,7 +45,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]
         mp.setenv("RECLOOP_CACHE", str(root / "cache"))
         mp.chdir(root)
         args = ["semantic-ids", "build", "--dataset", "synthetic", "-c", "sid.toml"]
-        out = _ok([*args, "--levels", "2", "--codebook-size", "8", "--seed", "1"])
+        out = cli_ok([*args, "--levels", "2", "--codebook-size", "8", "--seed", "1"])
     yield root, out
 
 
@@ -102,7 +84,7 @@ def test_inspect_prints_the_code_and_the_neighbours(in_built: Path) -> None:
     assert catalog is not None
     codes = np.load(in_built / "codes.npy")
     item = 7
-    out = _ok(["semantic-ids", "inspect", "i7", "--dataset", "synthetic", "--neighbours", "3"])
+    out = cli_ok(["semantic-ids", "inspect", "i7", "--dataset", "synthetic", "--neighbours", "3"])
     assert catalog.title[item] in out
     c1, c2, suffix = codes[item]
     assert f"Semantic ID ({c1}, {c2} | {suffix})" in out
@@ -121,13 +103,17 @@ def test_inspect_with_ids_from_elsewhere(
     in_built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # nothing built here: the default folder is empty
-    line = _error(["semantic-ids", "inspect", "i7", "--dataset", "synthetic"])
+    line = cli_error(["semantic-ids", "inspect", "i7", "--dataset", "synthetic"])
     assert "recloop semantic-ids build" in line
-    out = _ok(["semantic-ids", "inspect", "i7", "--dataset", "synthetic", "--ids", str(in_built)])
+    out = cli_ok(
+        ["semantic-ids", "inspect", "i7", "--dataset", "synthetic", "--ids", str(in_built)]
+    )
     assert "depth 2" in out
-    line = _error(["semantic-ids", "inspect", "i7", "--ids", str(tmp_path)])
+    line = cli_error(["semantic-ids", "inspect", "i7", "--ids", str(tmp_path)])
     assert str(tmp_path) in line and "recloop semantic-ids build" in line
-    line = _error(["semantic-ids", "inspect", "50", "--ids", str(in_built)])  # built on synthetic
+    line = cli_error(
+        ["semantic-ids", "inspect", "50", "--ids", str(in_built)]
+    )  # built on synthetic
     assert "--dataset synthetic" in line
 
 
@@ -136,10 +122,10 @@ def test_unknown_item_is_a_clean_error_with_title_hints(in_built: Path) -> None:
 
     catalog = generate(SyntheticConfig()).dataset.catalog
     assert catalog is not None
-    line = _error(["semantic-ids", "inspect", "i9999", "--dataset", "synthetic"])
+    line = cli_error(["semantic-ids", "inspect", "i9999", "--dataset", "synthetic"])
     assert "'i9999'" in line and "titles containing" not in line
     word = catalog.title[3].split()[0]
-    line = _error(["semantic-ids", "inspect", word.lower(), "--dataset", "synthetic"])
+    line = cli_error(["semantic-ids", "inspect", word.lower(), "--dataset", "synthetic"])
     assert f"titles containing {word.lower()!r}" in line and f"i3 ({catalog.title[3]})" in line
 
 
@@ -162,7 +148,7 @@ def test_bad_config_names_the_field(
     config = tmp_path / "sid.toml"
     config.write_text(toml)
     args = ["semantic-ids", "build", "--dataset", "synthetic", "-c", str(config), *options]
-    line = _error([*args, "--out", str(tmp_path / "out")])
+    line = cli_error([*args, "--out", str(tmp_path / "out")])
     assert expected in line
     if not options:
         assert "sid.toml" in line
@@ -173,6 +159,6 @@ def test_bad_dataset_and_codebook_too_large(tmp_path: Path) -> None:
     config = tmp_path / "sid.toml"
     config.write_text('[semantic_ids.embedder]\nkind = "tfidf"\ndim = 4\n')
     build = ["semantic-ids", "build", "-c", str(config), "--out", str(tmp_path / "out")]
-    assert "--dataset" in _error([*build, "--dataset", "netflix"])
+    assert "--dataset" in cli_error([*build, "--dataset", "netflix"])
     too_many = ["--tokenizer", "rkmeans", "--codebook-size", "1024"]  # synthetic has 500 items
-    assert "codebook_size" in _error([*build, "--dataset", "synthetic", *too_many])
+    assert "codebook_size" in cli_error([*build, "--dataset", "synthetic", *too_many])

@@ -8,6 +8,7 @@ and a one-line ``title``; ``docs/benchmarks.md`` is generated from these files b
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -23,8 +24,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from recloop.errors import ConfigError
 
 PROTOCOL_NAMES = ("loo", "ratio", "temporal", "cold_items", "all")  # all: no split
-_DATASET = re.compile(r"^(ml-100k|ml-1m|synthetic-[A-Za-z0-9_.=,-]+)$")
+_BENCHMARK_NAMES = r"ml-100k|ml-1m|synthetic-[A-Za-z0-9_.=,-]+"
+_BENCHMARK_DATASET = re.compile(rf"^({_BENCHMARK_NAMES})$")
+FILES_PREFIX = "files:"  # a user's own data (run config dataset = "files"): files:<name>
+_DATASET = re.compile(rf"^({_BENCHMARK_NAMES}|{FILES_PREFIX}\S+)$")
 RESULTS_DIR = Path("bench/results")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(payload: Any) -> str:
+    """Indented strict JSON for results files: a value that could not be computed (NaN) is
+    ``null``, never a bare ``NaN`` token that JSON readers reject."""
+    return json.dumps(_finite(payload), indent=2, allow_nan=False) + "\n"
 
 
 class Machine(BaseModel):
@@ -40,7 +61,9 @@ class BenchRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: str = Field(description="ml-100k, ml-1m or synthetic-<parameters>")
+    dataset: str = Field(
+        description="ml-100k, ml-1m or synthetic-<parameters>; files:<name> for a user's data"
+    )
     protocol: str = Field(description="loo, ratio, temporal, cold_items, or all (no split)")
     seed: int
     model: str = Field(description="the model's class name, e.g. EASE")
@@ -60,11 +83,21 @@ class BenchRecord(BaseModel):
     recloop_version: str
     git_commit: str | None
 
+    @field_validator("metrics", "valid_metrics", mode="before")
+    @classmethod
+    def _null_is_nan(cls, v: Any) -> Any:
+        """A metric written as ``null`` (it could not be computed) reads back as NaN."""
+        if isinstance(v, dict):
+            return {k: math.nan if x is None else x for k, x in v.items()}
+        return v
+
     @field_validator("dataset")
     @classmethod
     def _dataset_name(cls, v: str) -> str:
         if not _DATASET.match(v):
-            raise ValueError(f"dataset must be ml-100k, ml-1m or synthetic-<parameters>, not {v!r}")
+            raise ValueError(
+                f"dataset must be ml-100k, ml-1m, synthetic-<parameters> or files:<name>, not {v!r}"
+            )
         return v
 
     @field_validator("protocol")
@@ -86,6 +119,18 @@ class ResultsFile(BaseModel):
         default=None, description="metrics shown in docs/benchmarks.md (all when None)"
     )
     records: list[BenchRecord]
+
+    @field_validator("records")
+    @classmethod
+    def _benchmark_datasets(cls, records: list[BenchRecord]) -> list[BenchRecord]:
+        """Published results compare the benchmark datasets only, never a user's files."""
+        for record in records:
+            if not _BENCHMARK_DATASET.match(record.dataset):
+                raise ValueError(
+                    f"benchmark results hold ml-100k, ml-1m or synthetic-<parameters> records, "
+                    f"not {record.dataset!r}"
+                )
+        return records
 
 
 def cpu_model() -> str:
@@ -193,7 +238,7 @@ def write_results(
     )
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
-    path.write_text(json.dumps(payload.model_dump(mode="json"), indent=2) + "\n")
+    path.write_text(json_text(payload.model_dump(mode="json")))
     return path
 
 

@@ -44,7 +44,8 @@ def on_ci() -> bool:
 
 
 def user_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn a :class:`RecloopError` into one line on stderr and exit code 2."""
+    """Turn a :class:`RecloopError`, or a file the command cannot read or write, into one line
+    on stderr and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -58,8 +59,38 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
             where = ".".join(str(p) for p in err["loc"]) or exc.title
             typer.echo(f"error: {exc.title} field '{where}': {err['msg']}", err=True)
             raise typer.Exit(code=2) from None
+        except OSError as exc:  # an output path that is a file, a folder, or not writable
+            typer.echo(f"error: {os_error_text(exc)}", err=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+def os_error_text(exc: OSError) -> str:
+    """``<file>: <reason>`` for an :class:`OSError` (``No such file or directory``...)."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    names = [os.fsdecode(n) for n in (exc.filename, exc.filename2) if isinstance(n, str | bytes)]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+def check_writable(path: Path, what: str, *, folder: bool) -> None:
+    """Fail before any work when ``path`` cannot be written: a folder (``folder=True``) or a
+    file, created with its missing parents. ``what`` names where the path came from."""
+    if path.exists():
+        if folder and not path.is_dir():
+            raise RecloopError(f"{what} {path}: exists and is not a folder")
+        if not folder and path.is_dir():
+            raise RecloopError(f"{what} {path}: is a folder, not a file")
+        if not folder and not os.access(path, os.W_OK):
+            raise RecloopError(f"{what} {path}: not writable")
+    start = path if folder else path.parent
+    for place in (start, *start.parents):  # the nearest folder that exists must take writes
+        if place.exists():
+            if not place.is_dir():
+                raise RecloopError(f"{what} {path}: {place} is not a folder")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise RecloopError(f"{what} {path}: {place} is not writable")
+            return
 
 
 @app.command()
@@ -84,11 +115,10 @@ def data_info(
     """Load PATH, validate it, and print what it holds."""
     from recloop.data.loaders import ColumnMap, load_dataset
 
-    columns = None
-    if any(c is not None for c in (user, item, timestamp, value, event)):
-        given = {"user": user, "item": item, "timestamp": timestamp, "value": value}
-        columns = ColumnMap(event=event, **{k: v for k, v in given.items() if v is not None})
-    dataset = load_dataset(path, columns)
+    given = {"user": user, "item": item, "timestamp": timestamp, "value": value, "event": event}
+    named = {k: v for k, v in given.items() if v is not None}
+    # the columns not named are still inferred from the header
+    dataset = load_dataset(path, ColumnMap(**named) if named else None)
     summary = describe(dataset)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -172,7 +202,7 @@ def movielens_or_synthetic(seed: int = 0) -> tuple[Any, str]:
 @user_errors
 def quickstart(
     out: Path = typer.Option(Path("reports/quickstart"), help="where the results go"),
-    seed: int = typer.Option(0, help="split and model seed"),
+    seed: int = typer.Option(0, min=0, help="split and model seed"),
     protocol: str = typer.Option("ratio", help="loo, ratio, temporal or cold_items"),
     models: list[str] = typer.Option(
         list(QUICKSTART_MODELS), "--model", "-m", help="model class names (repeatable)"
@@ -194,9 +224,12 @@ def quickstart(
 
     if all_models:
         models = list(MODELS)
+    for name in models:  # every name and the output folder are checked before any work
+        model_class(name)
+    config = DataConfig.model_validate({"protocol": protocol})
+    check_writable(out, "--out", folder=True)
     started = time.perf_counter()
     dataset, dataset_name = movielens_or_synthetic(seed)
-    config = DataConfig.model_validate({"protocol": protocol})
     split = split_data(dataset, config, seed)
     console.print(
         f"[bold]{dataset_name}[/]: {len(dataset.interactions):,} interactions, "
@@ -245,9 +278,11 @@ def quickstart(
 
 
 def write_records(path: Path, records: list[Any]) -> None:
-    """Benchmark records (the bench/results format) of a CLI run."""
-    payload = {"records": [r.model_dump(mode="json") for r in records]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    """Benchmark records (the bench/results format) of a CLI run; a metric that could not be
+    computed (NaN) is written as ``null``, never as a bare ``NaN`` token."""
+    from recloop.benchmark import json_text
+
+    path.write_text(json_text({"records": [r.model_dump(mode="json") for r in records]}))
 
 
 def _metric(metrics: dict[str, float], name: str) -> str:
@@ -258,6 +293,15 @@ def _seed_dir(out: Path, seed: int) -> Path:
     return out / f"seed-{seed}" / "model"
 
 
+DEFAULT_DATASET, DEFAULT_PROTOCOL = "ml-100k", "ratio"  # of `train --all` / `evaluate --all`
+FIT_INFO = "fit.json"  # next to each seed's model: its training time and peak memory
+
+
+def _source(config: Path | None, run: Any) -> str:
+    """How an error names a run config: its file, or the defaults ``--all`` stood in with."""
+    return str(config) if config is not None else f"{run.model.name} (defaults)"
+
+
 @app.command()
 @user_errors
 def train(
@@ -265,21 +309,27 @@ def train(
     all_models: bool = typer.Option(
         False, "--all", help="every model, from configs/<dataset>/<protocol>/<Model>.toml"
     ),
-    dataset: str = typer.Option("ml-100k", help="with --all: the dataset of the configs"),
-    protocol: str = typer.Option("ratio", help="with --all: the protocol of the configs"),
+    dataset: str | None = typer.Option(
+        None, help="with --all: the dataset of the configs", show_default=DEFAULT_DATASET
+    ),
+    protocol: str | None = typer.Option(
+        None, help="with --all: the protocol of the configs", show_default=DEFAULT_PROTOCOL
+    ),
 ) -> None:
     """Fit the configured model(s) on each seed's train split and save them under run.out."""
     from recloop.models.registry import build_model
 
     runs = run_configs(config, all_models, dataset, protocol)
-    for _, run in runs:  # a bad config fails before any data loads
+    for path, run in runs:  # a bad config or output folder fails before any data loads
         build_model(run.model.name, run.model.config)
-    for _, run in runs:
-        train_run(run)
+        check_writable(run.run.out, f"{_source(path, run)}: run.out", folder=True)
+        _check_model_folders(run, path)
+    for path, run in runs:
+        train_run(run, path)
 
 
 def run_configs(
-    config: Path | None, all_models: bool, dataset: str, protocol: str
+    config: Path | None, all_models: bool, dataset: str | None, protocol: str | None
 ) -> list[tuple[Path | None, Any]]:
     """The run configs ``train``/``evaluate`` act on: ``--config``, or with ``--all`` one per
     registered model (its tuned config, or its defaults with a notice when there is none)."""
@@ -290,7 +340,14 @@ def run_configs(
     if (config is None) == (not all_models):
         raise RecloopError("give either --config RUN.toml or --all")
     if config is not None:
+        given = [name for name, v in (("--dataset", dataset), ("--protocol", protocol)) if v]
+        if given:
+            raise RecloopError(
+                f"{' and '.join(given)} only apply with --all; {config} names its data in "
+                "its [data] table"
+            )
         return [(config, load_run_config(config))]
+    dataset, protocol = dataset or DEFAULT_DATASET, protocol or DEFAULT_PROTOCOL
     data = DataConfig.model_validate({"dataset": dataset, "protocol": protocol})
     found: list[tuple[Path | None, Any]] = []
     for name in MODELS:
@@ -304,19 +361,46 @@ def run_configs(
     return found
 
 
-def train_run(run: Any) -> None:
+def _check_model_folders(run: Any, config: Path | None) -> None:
+    """Refuse to replace a saved model of another class: two configs that leave ``run.out``
+    at its default would otherwise overwrite each other's models without a word."""
+    for seed in run.run.seeds:
+        folder = _seed_dir(run.run.out, seed)
+        try:
+            saved = json.loads((folder / "manifest.json").read_text()).get("model")
+        except (OSError, ValueError, AttributeError):
+            continue  # nothing (readable) saved there yet
+        if saved is not None and saved != run.model.name:
+            raise RecloopError(
+                f"{folder} holds a saved {saved} model, and {_source(config, run)} trains "
+                f"{run.model.name} into the same folder; set run.out to a folder of its own"
+            )
+
+
+def _split(dataset: Any, run: Any, seed: int, config: Path | None) -> Any:
+    """Seed ``seed``'s split of a run; a split that leaves a part empty names the config."""
+    from recloop.errors import ConfigError
+    from recloop.experiment import split_data
+
+    try:
+        return split_data(dataset, run.data, seed)
+    except ConfigError as exc:
+        raise ConfigError(f"{_source(config, run)}: {exc}") from None
+
+
+def train_run(run: Any, config: Path | None = None) -> None:
     """Fit and save one run config's model on each of its seeds."""
     from recloop.benchmark import peak_rss_mb
-    from recloop.experiment import load_data, split_data
+    from recloop.experiment import load_data
     from recloop.models.registry import build_model, model_class
 
     dataset, name = load_data(run.data)
     seeded = "seed" in model_class(run.model.name).config_class.model_fields
     for seed in run.run.seeds:
-        split = split_data(dataset, run.data, seed)
+        split = _split(dataset, run, seed, config)
         # the seed sets a neural model's initialisation too, as in the benchmarks
-        config = {**run.model.config, **({"seed": seed} if seeded else {})}
-        model = build_model(run.model.name, config)
+        params = {**run.model.config, **({"seed": seed} if seeded else {})}
+        model = build_model(run.model.name, params)
         start = time.perf_counter()
         with console.status(f"fitting {model.name} on {name}, {run.data.protocol}, seed {seed}"):
             model.fit(split, catalog=dataset.catalog, users=dataset.users)
@@ -324,8 +408,23 @@ def train_run(run: Any) -> None:
         target = _seed_dir(run.run.out, seed)
         model.save(target)
         fit_info = {"train_seconds": seconds, "peak_rss_mb": peak_rss_mb()}
-        (target.parent / "fit.json").write_text(json.dumps(fit_info) + "\n")
+        (target.parent / FIT_INFO).write_text(json.dumps(fit_info) + "\n")
         console.print(f"{model.name} seed {seed}: fitted in {seconds:.1f} s, saved to {target}")
+
+
+def _fit_info(path: Path, train_hint: str) -> tuple[float, float]:
+    """Training seconds and peak memory that ``train`` wrote next to a seed's model."""
+    again = f"run `recloop train {train_hint}` again"
+    try:
+        info = json.loads(path.read_text())
+        return float(info["train_seconds"]), float(info["peak_rss_mb"])
+    except FileNotFoundError:
+        raise RecloopError(f"{path}: missing; {again}") from None
+    except KeyError as exc:
+        raise RecloopError(f"{path}: no {exc} field; {again}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise RecloopError(f"{path}: damaged ({reason}); {again}") from None
 
 
 @app.command("evaluate")
@@ -335,8 +434,12 @@ def evaluate_cmd(
     all_models: bool = typer.Option(
         False, "--all", help="every model trained by `recloop train --all`, in one report"
     ),
-    dataset: str = typer.Option("ml-100k", help="with --all: the dataset of the configs"),
-    protocol: str = typer.Option("ratio", help="with --all: the protocol of the configs"),
+    dataset: str | None = typer.Option(
+        None, help="with --all: the dataset of the configs", show_default=DEFAULT_DATASET
+    ),
+    protocol: str | None = typer.Option(
+        None, help="with --all: the protocol of the configs", show_default=DEFAULT_PROTOCOL
+    ),
 ) -> None:
     """Evaluate the saved models of a run on validation and test; write results and a report."""
     from recloop.report import ReportRun, write_report
@@ -348,6 +451,7 @@ def evaluate_cmd(
         all_runs += runs
         records += run_records
     if all_models:
+        dataset, protocol = dataset or DEFAULT_DATASET, protocol or DEFAULT_PROTOCOL
         out = Path("runs") / dataset / protocol
         splits = list({split.seed: split for split, _ in all_runs}.values())  # one per seed
         report_runs = [ReportRun.from_model_run(r, split.seed) for split, r in all_runs]
@@ -364,25 +468,29 @@ def evaluate_cmd(
 
 def evaluate_run(run: Any, config: Path | None) -> tuple[list[tuple[Any, Any]], list[Any]]:
     """Evaluate one run config's saved models; write its report; return its runs and records."""
-    from recloop.experiment import ModelRun, evaluate_part, load_data, split_data
+    from recloop.experiment import ModelRun, evaluate_part, load_data
     from recloop.models.registry import model_class
     from recloop.report import ReportRun, write_report
 
     cls = model_class(run.model.name)
     train_hint = f"-c {config}" if config is not None else "--all"
-    dataset, name = load_data(run.data)
-    records, runs = [], []
+    fitted = {}  # every seed's model folder is checked before any data loads
     for seed in run.run.seeds:
-        split = split_data(dataset, run.data, seed)
         path = _seed_dir(run.run.out, seed)
         if not (path / "manifest.json").is_file():
             raise RecloopError(f"{path}: no saved model; run `recloop train {train_hint}` first")
+        fitted[seed] = _fit_info(path.parent / FIT_INFO, train_hint)
+    dataset, name = load_data(run.data)
+    records, runs = [], []
+    for seed in run.run.seeds:
+        split = _split(dataset, run, seed, config)
+        path = _seed_dir(run.run.out, seed)
         model = cls.load(path)
         ks, shown = tuple(run.run.ks), console.is_terminal
         valid = evaluate_part(model, split, dataset, "valid", ks, progress=shown)
         test = evaluate_part(model, split, dataset, "test", ks, progress=shown)
-        fit_info = json.loads((path.parent / "fit.json").read_text())
-        model_run = ModelRun(model, fit_info["train_seconds"], valid, test, fit_info["peak_rss_mb"])
+        train_seconds, peak_rss = fitted[seed]
+        model_run = ModelRun(model, train_seconds, valid, test, peak_rss)
         runs.append((split, model_run))
         trials = run.tuning.trials if run.tuning else 0
         records.append(model_run.record(name, split, tuning_trials=trials))
@@ -418,21 +526,30 @@ def tune(
     ),
     timeout: float | None = typer.Option(None, help="stop starting trials after this many s"),
     sampler_seed: int = typer.Option(
-        0, help="seed of the TPE sampler (a different seed explores different points)"
+        0, min=0, help="seed of the TPE sampler (a different seed explores different points)"
     ),
 ) -> None:
     """Search a declared space on seed 0's validation split; write the best config."""
     from recloop.experiment import DataConfig, load_data, split_data
     from recloop.runconfig import ModelSpec, RunConfig, RunSettings, TuningRecord, write_run_config
-    from recloop.tuning import load_space, write_trials
+    from recloop.tuning import check_metric, load_space, write_trials
     from recloop.tuning import tune as run_tuning
 
+    if timeout is not None and not timeout > 0:
+        raise RecloopError(f"--timeout must be more than 0 seconds, not {timeout:g}")
+    check_metric(metric)
     search = load_space(space)
     data_config = DataConfig.model_validate({"dataset": dataset, "protocol": protocol})
+    if out is not None:  # the outputs are checked before any data loads or trial runs
+        check_writable(out, "--out", folder=False)
+        check_writable(out.with_suffix(".trials.json"), "--out", folder=False)
     data, name = load_data(data_config)
     split = split_data(data, data_config, seed=0)
     target = out or Path("configs") / name / protocol / f"{search.model}.toml"
     trials_path = target.with_suffix(".trials.json")
+    what = "--out" if out is not None else "the tuned config"
+    check_writable(target, what, folder=False)
+    check_writable(trials_path, what, folder=False)
 
     def show(trial: Any) -> None:
         console.print(f"trial {trial.number}: {metric} {trial.value:.4f} {trial.params}")
@@ -599,25 +716,27 @@ def semantic_ids_build(
         show_default="runs/<dataset>/semantic_ids/<tokenizer>-<embedder>",
     ),
     seed: int | None = typer.Option(
-        None, help="tokenizer, TF-IDF SVD and report sampling seed", show_default="0"
+        None, min=0, help="tokenizer, TF-IDF SVD and report sampling seed", show_default="0"
     ),
 ) -> None:
     """Build Semantic IDs for a whole catalogue, save them and report quality per level.
 
     Options override the config file; the artifacts and report.json go to --out.
     """
+    from recloop.benchmark import json_text
     from recloop.semantic_ids.build import SemanticIds
     from recloop.semantic_ids.embed import ItemTextBuilder, embed_items
     from recloop.semantic_ids.quality import level_report
 
     options = {"embedder": embedder, "tokenizer": tokenizer, "levels": levels}
     options |= {"codebook_size": codebook_size, "seed": seed}
-    sid_config = _sid_config(config, options)  # a bad config fails before data loads
+    sid_config = _sid_config(config, options)  # a bad config or --out fails before data loads
     tokenizer_config = sid_config.tokenizer_config()
-    data = _sid_dataset(dataset)
-    catalog = data.catalog
     kind = f"{sid_config.tokenizer}-{sid_config.embedder.kind}"
     target = out if out is not None else _sid_root(dataset) / kind
+    check_writable(target, "--out", folder=True)
+    data = _sid_dataset(dataset)
+    catalog = data.catalog
     console.print(
         f"[bold]{dataset}[/]: {len(catalog):,} items; {sid_config.embedder.kind} embeddings, "
         f"{sid_config.tokenizer} with {tokenizer_config.levels} levels × "
@@ -650,7 +769,7 @@ def semantic_ids_build(
         "levels": rows,
         "seconds": {"build": round(build_seconds, 3), "report": round(report_seconds, 3)},
     }
-    (target / SID_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    (target / SID_REPORT).write_text(json_text(report))
 
     table = Table(title=f"Semantic IDs — {dataset}, {kind}, vocab {list(sids.vocab)}")
     table.add_column("level", justify="right")
@@ -681,6 +800,22 @@ def _newest_sids(dataset: str) -> Path:
     return found[-1].parent
 
 
+def _built_on(report: Path) -> str | None:
+    """The dataset a ``build`` report names (None without a report)."""
+    if not report.is_file():
+        return None
+    rebuild = "rebuild with `recloop semantic-ids build`"
+    try:
+        payload = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise RecloopError(f"{report}: damaged ({reason}); {rebuild}") from None
+    if not isinstance(payload, dict):
+        raise RecloopError(f"{report}: damaged (not a JSON object); {rebuild}")
+    built_on = payload.get("dataset")
+    return str(built_on) if built_on is not None else None
+
+
 @sid_app.command("inspect")
 @user_errors
 def semantic_ids_inspect(
@@ -707,8 +842,7 @@ def semantic_ids_inspect(
         raise RecloopError(f"{ids}: no Semantic IDs there; run `recloop semantic-ids build` first")
     else:
         folder = ids
-    report_path = folder / SID_REPORT
-    built_on = json.loads(report_path.read_text()).get("dataset") if report_path.is_file() else None
+    built_on = _built_on(folder / SID_REPORT)
     if built_on is not None and built_on != dataset:
         raise RecloopError(f"{folder} holds Semantic IDs of {built_on}; pass --dataset {built_on}")
     sids = SemanticIds.load(folder)

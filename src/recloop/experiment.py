@@ -6,15 +6,19 @@ every number is produced the same way.
 
 from __future__ import annotations
 
+import inspect
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from recloop.benchmark import BenchRecord, make_record, peak_rss_mb
+from recloop.benchmark import FILES_PREFIX, BenchRecord, make_record, peak_rss_mb
+from recloop.data import split as splits
 from recloop.data.filters import Filters
 from recloop.data.split import Part, Split, make_split
 from recloop.data.types import Dataset
@@ -31,14 +35,67 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     dataset: DatasetName = "ml-100k"
-    path: Path | None = Field(default=None, description="file or folder when dataset='files'")
+    path: Path | None = Field(
+        default=None, validate_default=True, description="file or folder when dataset='files'"
+    )
     protocol: Literal["loo", "ratio", "temporal", "cold_items"] = "ratio"
     filters: Filters = Filters()
     split: dict[str, float | int] = Field(default_factory=dict, description="protocol params")
 
+    @field_validator("path")
+    @classmethod
+    def _path_with_files(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        dataset = info.data.get("dataset")
+        if path is None and dataset == "files":
+            raise PydanticCustomError(
+                "path_missing", "dataset = 'files' needs path = the file or folder to read"
+            )
+        if path is not None and dataset != "files":
+            raise PydanticCustomError(
+                "path_unused",
+                "only read when dataset = 'files' (here dataset = '{dataset}'); remove it or "
+                "set dataset = 'files'",
+                {"dataset": dataset},
+            )
+        return path
+
+    @field_validator("split")
+    @classmethod
+    def _split_params(
+        cls, params: dict[str, float | int], info: ValidationInfo
+    ) -> dict[str, float | int]:
+        protocol = info.data.get("protocol")
+        if protocol is None:  # the protocol itself was invalid; that error is reported
+            return params
+        known = split_params(protocol)
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "split_param",
+                    "not a parameter of the {protocol} split (it takes {known})",
+                    {"protocol": protocol, "known": ", ".join(known) or "no parameters"},
+                ),
+                loc=(key,),
+                input=value,
+            )
+            for key, value in params.items()
+            if key not in known
+        ]
+        if errors:  # located at data.split.<key>
+            raise ValidationError.from_exception_data("DataConfig", errors)
+        return params
+
+
+def split_params(protocol: str) -> tuple[str, ...]:
+    """The ``[data.split]`` parameters a protocol's splitter takes (its keyword arguments)."""
+    splitter = getattr(splits, protocol)
+    names = list(inspect.signature(splitter).parameters)
+    return tuple(n for n in names if n not in ("data", "seed"))
+
 
 def load_data(config: DataConfig) -> tuple[Dataset, str]:
-    """The dataset and its benchmark name (``ml-100k``, ``ml-1m`` or ``synthetic-…``)."""
+    """The dataset and its benchmark name (``ml-100k``, ``ml-1m``, ``synthetic-…``, or
+    ``files:<name>`` for a user's own files)."""
     if config.dataset == "ml-100k":
         from recloop.datasets import movielens_100k
 
@@ -57,13 +114,40 @@ def load_data(config: DataConfig) -> tuple[Dataset, str]:
     from recloop.data.loaders import load_dataset
 
     dataset = load_dataset(config.path)
-    return dataset, dataset.name
+    return dataset, FILES_PREFIX + (re.sub(r"\s+", "_", dataset.name.strip()) or "data")
 
 
 def split_data(dataset: Dataset, config: DataConfig, seed: int) -> Split:
-    return make_split(
+    """Filter and split ``dataset``; a part left empty is an error naming the filters."""
+    split = make_split(
         dataset.interactions, config.protocol, seed=seed, filters=config.filters, **config.split
     )
+    _check_parts(split, config)
+    return split
+
+
+def _check_parts(split: Split, config: DataConfig) -> None:
+    """Refuse a split that leaves nothing to train on or evaluate: its metrics would be NaN."""
+    rows_out = split.meta.get("rows_out", len(split.train) + len(split.valid) + len(split.test))
+    changed = config.filters.model_dump(exclude_defaults=True)
+    filters = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    if rows_out == 0:
+        kept = f"data.filters ({filters})" if filters else "the data"
+        raise ConfigError(
+            f"{kept} leave no interactions of the {split.meta.get('rows_in', 0):,} read; "
+            "loosen the filters"
+        )
+    after = f" (after data.filters {filters})" if filters else ""
+    parts = [("train", split.train), ("test", split.test)]
+    if config.split.get("valid_share") != 0:  # a validation share of 0 asks for no validation
+        parts.insert(1, ("validation", split.valid))
+    for name, part in parts:
+        if not len(part.positive()):
+            raise ConfigError(
+                f"the {split.protocol} split (seed {split.seed}) of {rows_out:,} interactions"
+                f"{after} leaves no positive {name} interactions; change data.split or loosen "
+                "the filters"
+            )
 
 
 class _Spinner:

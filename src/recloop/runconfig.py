@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from recloop.errors import ConfigError
 from recloop.experiment import DataConfig
@@ -38,11 +39,27 @@ class ModelSpec(BaseModel):
 
 
 class RunSettings(BaseModel):
+    """Which seeds to run, the cut-offs to evaluate at and where the models go."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    seeds: list[Annotated[StrictInt, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], min_length=1, description="split and model seeds, each once"
+    )
+    ks: list[Annotated[StrictInt, Field(ge=1)]] = Field(
+        default_factory=lambda: [10, 20], min_length=1, description="cut-offs, each once"
+    )
     out: Path = Path("runs/default")
+
+    @field_validator("seeds", "ks")
+    @classmethod
+    def _each_once(cls, values: list[int]) -> list[int]:
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise PydanticCustomError(
+                "repeated", "{value} is listed more than once", {"value": repeated[0]}
+            )
+        return values
 
 
 class TuningRecord(BaseModel):
@@ -74,13 +91,25 @@ def _validation_message(path: Path, exc: ValidationError) -> str:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing, unreadable, non-UTF-8 or invalid file is a
+    :class:`ConfigError` naming it."""
     try:
         with Path(path).open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a TOML file") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.object[exc.start]:#04x}); TOML files "
+            "must be UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def load_run_config(path: Path) -> RunConfig:

@@ -41,6 +41,12 @@ class Param(BaseModel):
                 raise ValueError("a categorical parameter needs non-empty 'choices'")
         elif self.low is None or self.high is None or self.low > self.high:
             raise ValueError("a numeric parameter needs low <= high")
+        elif self.step is not None and self.step <= 0:
+            raise ValueError(f"'step' must be more than 0, not {self.step:g}")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log-scale parameter needs low > 0, not {self.low:g}")
+        elif self.log and self.step is not None and not (self.type == "int" and self.step == 1):
+            raise ValueError("a log-scale parameter takes no 'step'")
         return self
 
 
@@ -55,13 +61,31 @@ class SearchSpace(BaseModel):
 
 
 def load_space(path: Path) -> SearchSpace:
+    """Read and validate a search space; errors name the file and the field."""
+    from recloop.models.registry import model_class
+
     raw = read_toml(path)
     try:
-        return SearchSpace.model_validate(raw)
+        space = SearchSpace.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from None
+        message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        raise ConfigError(f"{path}: field '{where}': {message}") from None
+    try:
+        model_class(space.model)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: field 'model': {exc}") from None
+    return space
+
+
+def check_metric(metric: str, ks: tuple[int, ...] = (10, 20)) -> None:
+    """Fail before any trial runs when the validation run would not compute ``metric``."""
+    from recloop.eval.metrics import METRICS
+
+    known = [f"{name}@{k}" for k in ks for name in METRICS]
+    if metric not in known:
+        raise ConfigError(f"unknown tuning metric {metric!r} (known: {', '.join(known)})")
 
 
 @dataclass
@@ -156,6 +180,9 @@ def tune(
 
     if split.seed != 0:
         raise ConfigError("tune on seed 0's validation split (the protocol fixes this)")
+    check_metric(metric, ks)
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"timeout must be more than 0 seconds, not {timeout:g}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trials: list[Trial] = []
 
@@ -170,8 +197,6 @@ def tune(
             trials.append(Trial(trial.number, params, None, {}, 0.0, "failed", str(exc)))
             raise optuna.TrialPruned(str(exc)) from None
         valid = {**run.valid.metrics}
-        if metric not in valid:
-            raise ConfigError(f"unknown tuning metric {metric!r} (have {', '.join(valid)})")
         value = float(valid[metric])
         trials.append(Trial(trial.number, params, value, valid, time.perf_counter() - start))
         if on_trial is not None:
@@ -185,13 +210,18 @@ def tune(
         study.enqueue_trial(defaults)  # the model's defaults are always the first trial
     study.optimize(objective, n_trials=n_trials, timeout=timeout)
     done = [t for t in trials if t.state == "complete"]
+    if not trials:
+        raise RecloopError("no trial ran (a longer timeout lets one finish)")
     if not done:
-        raise RecloopError(f"every trial failed; first error: {trials[0].error if trials else '?'}")
+        raise RecloopError(f"every trial failed; first error: {trials[0].error}")
     best = max(done, key=lambda t: t.value if t.value is not None else float("-inf"))
     assert best.value is not None
     return TuneResult(space.model, metric, {**space.fixed, **best.params}, best.value, trials)
 
 
 def write_trials(path: Path, result: TuneResult, extra: dict[str, Any]) -> None:
+    """Every trial as JSON; a metric that could not be computed (NaN) is ``null``."""
+    from recloop.benchmark import json_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**extra, **result.to_dict()}, indent=2) + "\n")
+    path.write_text(json_text({**extra, **result.to_dict()}))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from recloop.cli import app
@@ -141,3 +142,97 @@ def test_privacy_consent_erase_audit_and_purge(tmp_path: Path) -> None:
     audit = run("privacy", "audit", "--subject", "u1", "--home", home)
     assert "erasure-complete" in audit and "consent" in audit
     assert "slates" in run("privacy", "purge", "--home", home)
+
+
+def _refused(args: list[str], *expected: str) -> str:
+    """A user mistake: exit code 2, no traceback, the expected words in the output."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert "Traceback" not in result.output
+    assert all(e in result.output for e in expected), result.output
+    return result.output
+
+
+def test_serve_checks_every_option_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is imported, trained or served, and no home is made, for a bad option."""
+    import uvicorn
+
+    from recloop.service import cli as service_cli
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve went ahead with a bad option")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    monkeypatch.setattr(service_cli, "_first_start", never)
+    home = tmp_path / "home"
+    serve = ["serve", "--home", str(home)]
+    for port in ("99999", "65536", "0", "-1"):
+        _refused([*serve, "--port", port], "--port")
+    _refused([*serve, "--log-level", "verbose"], "--log-level", "INFO", "'verbose'")
+    _refused([*serve, "--model", "Nope"], "unknown model 'Nope'")
+    output = _refused([*serve, "--cache", "bogus://x"], "--cache", "unknown cache URL")
+    assert "serving on" not in output
+    assert not home.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    _refused(["serve", "--home", str(afile)], f"--home {afile}: exists and is not a folder")
+
+
+def test_log_level_and_cache_url_are_settings_checks() -> None:
+    from pydantic import ValidationError
+
+    from recloop.service.settings import ServiceSettings
+
+    assert ServiceSettings(log_level="debug").log_level == "DEBUG"
+    assert ServiceSettings(cache_url="memory").cache_url == "memory"
+    assert ServiceSettings(cache_url="redis://127.0.0.1:6379/0").cache_url is not None
+    with pytest.raises(ValidationError, match="log level must be one of"):
+        ServiceSettings(log_level="verbose")
+    with pytest.raises(ValidationError, match="unknown cache URL"):
+        ServiceSettings(cache_url="bogus://x")
+
+
+def test_keys_need_a_name(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    for name in ("", "   "):
+        _refused(["keys", "create", "--name", name, "--home", str(home)], "--name")
+    _refused(["keys", "create", "--name", "x", "--role", "root", "--home", str(home)], "role")
+    assert not home.exists()  # a refused key makes no home
+
+
+def test_commands_on_a_mistyped_home_make_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run("keys", "create", "--name", "app", "--home", str(home))
+    typo = tmp_path / "hmoe"
+    for args in (
+        ["keys", "list"],
+        ["keys", "revoke", "k1"],
+        ["keys", "rotate", "k1"],
+        ["privacy", "audit"],
+        ["privacy", "consent", "u1"],
+        ["privacy", "owner", "u1"],
+        ["privacy", "purge"],
+        ["privacy", "erase", "u1", "--yes"],
+        ["model", "list"],
+        ["model", "activate", "v0001"],
+        ["model", "rollback"],
+        ["model", "prices"],
+        ["model", "train", "EASE"],
+    ):
+        _refused([*args, "--home", str(typo)], f"--home {typo}: no such folder")
+    assert not typo.exists()
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    _refused(["keys", "list", "--home", str(afile)], f"--home {afile}: not a folder")
+    (tmp_path / "empty").mkdir()
+    _refused(["keys", "list", "--home", str(tmp_path / "empty")], "no event store at")
+    missing = tmp_path / "none.db"
+    _refused(["keys", "list", "--db", f"sqlite:///{missing}"], f"--db sqlite:///{missing}")
+    assert not missing.exists()
+    assert "app" in run("keys", "list", "--home", str(home))  # the real home still works
+
+
+def test_model_prices_refuses_a_negative_seed(tmp_path: Path) -> None:
+    _refused(["model", "prices", "--seed", "-1", "--home", str(tmp_path)], "--seed")

@@ -55,8 +55,10 @@ def _find(columns: Sequence[str], role: str) -> str | None:
 class ColumnMap(BaseModel):
     """Which columns of an interaction file hold what; only ``user`` and ``item`` are required.
 
-    ``event`` holds names (``click``, ``dislike``) or codes (see :class:`EventKind`); without it
-    every row is a rating when ``value`` is mapped and a click otherwise.
+    A field left out is inferred from the header as :meth:`infer` does, so naming one column
+    keeps the others recognised; give a field as None to leave that column out. ``event``
+    holds names (``click``, ``dislike``) or codes (see :class:`EventKind`); without it every
+    row is a rating when ``value`` is mapped and a click otherwise.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +79,11 @@ class ColumnMap(BaseModel):
             value=_find(columns, "value"),
             event=_find(columns, "event"),
         )
+
+    def resolve(self, columns: Sequence[str]) -> ColumnMap:
+        """This map over a header: the fields given as they are, the others inferred."""
+        given = {name: getattr(self, name) for name in self.model_fields_set}
+        return ColumnMap.infer(columns).model_copy(update=given)
 
 
 class _FieldTypes(BaseModel):
@@ -176,19 +183,22 @@ def read_interactions(
 ) -> Interactions:
     """Read an interaction file (.csv, .tsv, .parquet, .jsonl/.ndjson, .inter).
 
-    Without ``columns`` common header names are recognised. Timestamps may be seconds or
-    ISO-8601 dates (naive means UTC); without a timestamp column rows are numbered in file
-    order; without a value column every value is 1.0. New ids are appended to ``users`` and
-    ``items`` when given, so several files can share one pair of id maps.
+    Common header names are recognised for the columns ``columns`` does not name. Timestamps
+    may be seconds or ISO-8601 dates (naive means UTC); without a timestamp column rows are
+    numbered in file order; without a value column every value is 1.0. New ids are appended
+    to ``users`` and ``items`` when given, so several files can share one pair of id maps.
     """
     p = _existing(path)
 
+    def resolved(found: Sequence[str]) -> ColumnMap:
+        return ColumnMap.infer(found) if columns is None else columns.resolve(found)
+
     def wanted(found: Sequence[str]) -> Sequence[str | None]:
-        cmap = columns or ColumnMap.infer(found)
+        cmap = resolved(found)
         return (cmap.user, cmap.item, cmap.timestamp, cmap.value, cmap.event)
 
     table, _ = _open(p, separator, wanted)
-    cmap = columns or ColumnMap.infer(table.found)
+    cmap = resolved(table.found)
     hint = "; name the columns with a ColumnMap" if columns is None else ""
     table.require(cmap.user, cmap.item, cmap.timestamp, cmap.value, cmap.event, hint=hint)
     if rating_range is not None and cmap.value is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -55,7 +54,9 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         users_per_round: int = typer.Option(
             200, "--users-per-round", min=1, help="simulated users shown a slate per round"
         ),
-        seed: int = typer.Option(0, "--seed", help="data, split, click draws and bandit seed"),
+        seed: int = typer.Option(
+            0, "--seed", min=0, help="data, split, click draws and bandit seed"
+        ),
         k: int = typer.Option(10, "--k", min=1, help="slate length"),
         out: Path = typer.Option(
             Path("reports/simulate"), "--out", help="where simulation.json goes"
@@ -75,9 +76,12 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         ``simulation.json``. With ``--caches`` it also prints each policy's cache hit rates
         (the clicks stay the same) and adds them under ``caches``.
         """
+        from recloop.benchmark import json_text
+        from recloop.cli import check_writable
         from recloop.engine.sim_caches import CacheAccounting
         from recloop.engine.simulator import Simulator, standard_policies
 
+        check_writable(out, "--out", folder=True)  # before the simulation, not after it
         started = time.perf_counter()
         with console.status(f"building the {population.value} population and sources"):
             setup = build_setup(population, seed)
@@ -140,7 +144,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         }
         out.mkdir(parents=True, exist_ok=True)
         path = out / "simulation.json"
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        path.write_text(json_text(data))
         console.print(f"wrote {path} in {time.perf_counter() - started:.1f} s")
 
 

@@ -23,6 +23,7 @@ from recloop.errors import ConfigError, RecloopError
 from recloop.generative import cli_explain
 
 QUIT = frozenset({"quit", "exit", "q", ":q", "bye"})
+STATE_DATASET = "dataset"  # the --state file's record of the dataset its item ids belong to
 MAX_ITEMS = 50  # ConversationConfig.n_items' bound
 WHY = {
     "dense": "closest in meaning to the request",
@@ -73,7 +74,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
             None,
             "--state",
             help="keep the conversation in this JSON file: an existing one is resumed (same "
-            "--user), and every turn is written back",
+            "--user and --dataset), and every turn is written back",
         ),
     ) -> None:
         """Ask for recommendations in words; follow-ups refine the last answer.
@@ -91,14 +92,19 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
                 f"--backend must be one of {', '.join(cli_explain.BACKENDS)}, not {backend!r}"
             )
         for number, text in enumerate(message or [], start=1):
-            try:  # every message is checked before anything is trained
+            try:  # every message and the state file are checked before anything is trained
                 check_message(text, MAX_MESSAGE_CHARS)
             except ConversationError as exc:
                 raise ConversationError(f"--message {number}: {exc}") from None
+        state = Conversation.new(user)
+        if state_file is not None:
+            from recloop.cli import check_writable
+
+            check_writable(state_file, "--state", folder=False)
+            state = read_state(state_file, user, dataset)
         data = load_data(dataset, console)
         if data.catalog is None:
             raise RecloopError(f"{dataset} has no catalogue: a conversation needs item titles")
-        state = read_state(state_file, user) if state_file is not None else Conversation.new(user)
         history, seen = user_history(data, user) if user is not None else ([], set())
         generator = cli_explain.text_generator_for(backend)
         fitted = cli_explain.fit_or_load_model(model, load, data, console)
@@ -111,7 +117,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
             with console.status("thinking"):
                 answer = bot.respond(state, text, history, exclude=seen, consent=consent)
             if state_file is not None:
-                write_state(state_file, answer.state)
+                write_state(state_file, answer.state, dataset)
             out = turn_json(bot, answer, earlier + number, user, fitted)
             if as_json:
                 typer.echo(json.dumps(out, ensure_ascii=False))
@@ -137,14 +143,16 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
             raise RecloopError("no message: give --message TEXT or one message a line on stdin")
 
 
-def read_state(path: Path, user: str | None) -> Any:
-    """The conversation kept in ``path`` (a new one when the file does not exist yet)."""
+def read_state(path: Path, user: str | None, dataset: str | None = None) -> Any:
+    """The conversation kept in ``path`` (a new one when the file does not exist yet); it
+    must be the same user's, over the same dataset (its item ids mean nothing in another)."""
     from recloop.generative.conversation import Conversation, ConversationError
 
     if not path.exists():
         return Conversation.new(user)
     try:
-        state = Conversation.from_json(json.loads(path.read_text(encoding="utf-8")))
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        state = Conversation.from_json(saved)
     except (OSError, UnicodeDecodeError, ValueError, ConversationError) as exc:
         raise ConfigError(f"--state {path}: not a saved conversation ({exc})") from None
     if state.user_id != user:
@@ -153,6 +161,12 @@ def read_state(path: Path, user: str | None) -> Any:
             + (f"--user {state.user_id}" if state.user_id else "no --user")
             + " to resume it"
         )
+    saved_on = saved.get(STATE_DATASET)  # None in a file written before it was recorded
+    if dataset is not None and saved_on is not None and saved_on != dataset:
+        raise ConfigError(
+            f"--state {path} is a conversation over {saved_on}; pass --dataset {saved_on} "
+            "to resume it"
+        )
     return state
 
 
@@ -160,11 +174,15 @@ def _whose(user: str | None) -> str:
     return f"user {user!r}'s" if user else "an anonymous"
 
 
-def write_state(path: Path, state: Any) -> None:
-    """Write the conversation to ``path`` through a temporary file, so a crash leaves the
-    previous turn's state, never half a file."""
+def write_state(path: Path, state: Any, dataset: str | None = None) -> None:
+    """Write the conversation (and the dataset its item ids belong to) to ``path`` through a
+    temporary file, so a crash leaves the previous turn's state, never half a file."""
+    payload = state.to_json()
+    if dataset is not None:
+        payload[STATE_DATASET] = dataset
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
     tmp.replace(path)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Literal, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from recloop.data.types import Catalog
 from recloop.errors import ConfigError, RecloopError
@@ -62,6 +63,17 @@ class SemanticIdConfig(BaseModel):
         ge=1,
         description="Least size of the suffix level's vocabulary (room for items added later).",
     )
+
+    @field_validator("embedder", "rqvae", "rkmeans")
+    @classmethod
+    def _seed_not_negative(
+        cls, value: EmbedderConfig | RQVAEConfig | ResidualKMeansConfig
+    ) -> EmbedderConfig | RQVAEConfig | ResidualKMeansConfig:
+        if value.seed < 0:  # NumPy and scikit-learn refuse negative seeds
+            raise PydanticCustomError(
+                "seed", "seed must be 0 or more, not {seed}", {"seed": value.seed}
+            )
+        return value
 
     def tokenizer_config(self) -> RQVAEConfig | ResidualKMeansConfig:
         return self.rqvae if self.tokenizer == "rqvae" else self.rkmeans
@@ -156,21 +168,57 @@ class SemanticIds:
 
     @classmethod
     def load(cls, path: Path) -> Self:
+        """The Semantic IDs saved at ``path``; a damaged folder is a :class:`RecloopError`
+        naming the file, never a traceback nor IDs that do not match their vocabulary."""
         path = Path(path)
+        where = path / MANIFEST
         try:
-            manifest = json.loads((path / MANIFEST).read_text())
+            manifest = json.loads(where.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RecloopError(f"{path}: no {MANIFEST}; not a Semantic-ID directory") from None
-        except json.JSONDecodeError as exc:
-            raise RecloopError(f"{path / MANIFEST}: invalid JSON ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise RecloopError(f"{where}: unreadable ({_one_line(exc)})") from None
+        if not isinstance(manifest, dict):
+            raise RecloopError(f"{where}: must be a JSON object")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise RecloopError(f"{path}: unsupported format_version")
-        config = SemanticIdConfig(**manifest["config"])
+        for key in ("config", "vocab"):
+            if key not in manifest:
+                raise RecloopError(f"{where}: no {key!r} field; rebuild the Semantic IDs")
+        try:
+            config = SemanticIdConfig.model_validate(manifest["config"])
+            vocab = tuple(int(v) for v in manifest["vocab"])
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(("config", *(str(p) for p in err["loc"])))
+            raise RecloopError(f"{where}: field '{field}': {err['msg']}") from None
+        except (TypeError, ValueError) as exc:
+            raise RecloopError(f"{where}: field 'vocab': {_one_line(exc)}") from None
+        try:
+            codes = np.load(path / CODES, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise RecloopError(f"{path / CODES}: unreadable ({_one_line(exc)})") from None
+        if (
+            codes.ndim != 2
+            or codes.shape[1] != len(vocab)
+            or not np.issubdtype(codes.dtype, np.integer)
+        ):
+            raise RecloopError(
+                f"{path / CODES}: expected integer codes of shape (items, {len(vocab)}), "
+                f"found {codes.dtype} {codes.shape}"
+            )
         tokenizer_class = RQVAE if config.tokenizer == "rqvae" else ResidualKMeans
-        return cls(
-            config,
-            load_embedder(path / "embedder"),
-            tokenizer_class.load(path / "tokenizer"),
-            np.load(path / CODES, allow_pickle=False),
-            tuple(int(v) for v in manifest["vocab"]),
-        )
+        try:
+            embedder = load_embedder(path / "embedder")
+            tokenizer = tokenizer_class.load(path / "tokenizer")
+        except RecloopError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RecloopError(
+                f"{path}: damaged embedder or tokenizer ({_one_line(exc)})"
+            ) from None
+        return cls(config, embedder, tokenizer, codes, vocab)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from recloop.errors import ConfigError
+from recloop.service.settings import LOG_LEVELS
 
 keys_app = typer.Typer(help="Create, list, rotate and revoke API keys.", no_args_is_help=True)
 model_app = typer.Typer(
@@ -30,22 +31,85 @@ HomeOption = typer.Option(
     None, "--home", help="state folder (default: $RECLOOP_HOME or ./recloop-home)"
 )
 DbOption = typer.Option(None, "--db", help="event store URL (default: SQLite in the home folder)")
+OPTION_OF = {  # settings field -> the option that sets it, for error messages
+    "home": "--home",
+    "db": "--db",
+    "cache_url": "--cache",
+    "rate_limit": "--rate-limit",
+    "log_level": "--log-level",
+}
 
 
 def _settings(home: Path | None, db: str | None, **more: Any) -> Any:
+    """The service's settings (``RECLOOP_*``) with the options given on top; a bad option is
+    an error naming it."""
+    from pydantic import ValidationError
+
     from recloop.service.settings import ServiceSettings
 
     base = ServiceSettings.from_env().model_dump()
     overrides = {"home": home, "db": db, **more}
     base.update({k: v for k, v in overrides.items() if v is not None})
-    return ServiceSettings.model_validate(base)
+    try:
+        return ServiceSettings.model_validate(base)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "settings"
+        raise ConfigError(f"{OPTION_OF.get(field, field)}: {err['msg']}") from None
 
 
-def _store(settings: Any) -> Any:
+def _store(settings: Any, *, create: bool = False) -> Any:
+    """The event store. Only ``serve`` and ``keys create`` (``create=True``) may start a new
+    home; for every other command a mistyped --home or --db is an error, never a new, empty
+    home and database."""
     from recloop.store.events import EventStore
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    if create:
+        from recloop.cli import check_writable
+
+        check_writable(settings.home, "--home", folder=True)
+        settings.home.mkdir(parents=True, exist_ok=True)
+    else:
+        _require_store(settings)
     return EventStore(settings.db_url)
+
+
+def _require_home(settings: Any) -> None:
+    """The home folder must exist already (the commands that only read it or change it)."""
+    home = settings.home
+    if not home.is_dir():
+        what = "not a folder" if home.exists() else "no such folder"
+        raise ConfigError(
+            f"--home {home}: {what}; give the home `recloop serve` uses (or set RECLOOP_HOME)"
+        )
+
+
+def _require_store(settings: Any) -> None:
+    """The event store must exist already: its home, and for SQLite its database file."""
+    if settings.db is None:
+        _require_home(settings)
+    path = _sqlite_file(settings.db_url)
+    if path is not None and not path.is_file():
+        where = f"--db {settings.db}" if settings.db else f"--home {settings.home}"
+        raise ConfigError(
+            f"{where}: no event store at {path}; give the one `recloop serve` uses (or set "
+            "RECLOOP_HOME / RECLOOP_DB)"
+        )
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite store URL or plain path (None for other stores)."""
+    if "://" not in url:
+        return Path(url).expanduser()
+    if not url.startswith("sqlite"):
+        return None
+    import sqlalchemy
+
+    try:
+        database = sqlalchemy.make_url(url).database
+    except sqlalchemy.exc.ArgumentError:
+        return None  # the store reports the bad URL itself
+    return Path(database).expanduser() if database and database != ":memory:" else None
 
 
 def create_key(store: Any, name: str, role: str, owner: str | None = None) -> tuple[str, str]:
@@ -53,16 +117,22 @@ def create_key(store: Any, name: str, role: str, owner: str | None = None) -> tu
 
     ``owner`` is the client application the key acts for (default: ``name``): keys with the
     same owner read and write the same users."""
-    from recloop.service.auth import ROLES, new_key
+    from recloop.service.auth import new_key
     from recloop.store.events import KeyRecord
+
+    _check_key_fields(role, owner)
+    key_id, secret, key_hash = new_key()
+    store.add_key(KeyRecord(key_id, name, role, key_hash, time.time(), owner=owner or name))
+    return key_id, secret
+
+
+def _check_key_fields(role: str, owner: str | None) -> None:
+    from recloop.service.auth import ROLES
 
     if role not in ROLES:
         raise ConfigError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     if owner is not None and not owner.strip():
         raise ConfigError("--owner must be a non-empty client application name")
-    key_id, secret, key_hash = new_key()
-    store.add_key(KeyRecord(key_id, name, role, key_hash, time.time(), owner=owner or name))
-    return key_id, secret
 
 
 def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
@@ -81,7 +151,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
             None, "--cache", help="cache URL, e.g. redis://127.0.0.1:6379/0 (default: in-process)"
         ),
         host: str = typer.Option("127.0.0.1", help="address to listen on"),
-        port: int = typer.Option(8000, help="port to listen on"),
+        port: int = typer.Option(8000, min=1, max=65535, help="port to listen on"),
         workers: int = typer.Option(1, min=1, help="worker processes"),
         model: str = typer.Option(
             "EASE", help="model to train on first start, when no version is active"
@@ -89,7 +159,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         rate_limit: float | None = typer.Option(
             None, help="requests/s per key and worker (0: unlimited; default 5000)"
         ),
-        log_level: str = typer.Option("INFO", help="JSON log level"),
+        log_level: str = typer.Option("INFO", help=f"JSON log level: {', '.join(LOG_LEVELS)}"),
     ) -> None:
         """Run the HTTP service (SQLite and an in-process cache unless told otherwise).
 
@@ -98,8 +168,11 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         """
         import uvicorn
 
+        from recloop.models.registry import model_class
+
+        model_class(model)  # every option is checked before any data is imported
         settings = _settings(home, db, cache_url=cache, rate_limit=rate_limit, log_level=log_level)
-        store = _store(settings)
+        store = _store(settings, create=True)
         try:
             _first_start(settings, store, model, console)
         finally:
@@ -131,7 +204,10 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         db: str | None = DbOption,
     ) -> None:
         """Create a key and print its secret (shown only this once; only its hash is kept)."""
-        store = _store(_settings(home, db))
+        if not name.strip():
+            raise ConfigError("--name must be a non-empty name")
+        _check_key_fields(role, owner)  # before a new home is made for it
+        store = _store(_settings(home, db), create=True)
         try:
             key_id, secret = create_key(store, name, role, owner)
         finally:
@@ -217,7 +293,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         params = _model_params(name, config)
         if max_epochs is not None:
             params["max_epochs"] = max_epochs
-        store = _store(settings)
+        store = _store(settings)  # an existing one: a new, empty store has nothing to train on
         try:
             with console.status(f"training {name} on the stored events"):
                 version = train_version(
@@ -233,7 +309,9 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         """Registered versions, the active one marked."""
         from recloop.store.artifacts import ArtifactRegistry
 
-        registry = ArtifactRegistry(_settings(home, None).models_dir)
+        settings = _settings(home, None)
+        _require_home(settings)
+        registry = ArtifactRegistry(settings.models_dir)
         active = registry.active()
         table = Table("version", "model", "created", "items", "users", "active")
         for v in registry.versions():
@@ -255,7 +333,9 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         """Activate a version; running workers switch to it within a second."""
         from recloop.store.artifacts import ArtifactRegistry
 
-        registry = ArtifactRegistry(_settings(home, None).models_dir)
+        settings = _settings(home, None)
+        _require_home(settings)
+        registry = ArtifactRegistry(settings.models_dir)
         registry.info(version)
         registry.activate(version)
         console.print(f"{version} is active")
@@ -266,7 +346,9 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         """Re-activate the version that was active before the current one."""
         from recloop.store.artifacts import ArtifactRegistry
 
-        version = ArtifactRegistry(_settings(home, None).models_dir).rollback()
+        settings = _settings(home, None)
+        _require_home(settings)
+        version = ArtifactRegistry(settings.models_dir).rollback()
         console.print(f"rolled back: {version} is active")
 
     @model_app.command("prices")
@@ -283,7 +365,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         max_users: int = typer.Option(
             5000, min=1, help="stored users the prices are fitted on (a seeded sample beyond)"
         ),
-        seed: int = typer.Option(0, help="seed of the user sample"),
+        seed: int = typer.Option(0, min=0, help="seed of the user sample"),
         clear: bool = typer.Option(False, "--clear", help="remove the version's prices"),
         home: Path | None = HomeOption,
         db: str | None = DbOption,
@@ -296,6 +378,7 @@ def register(app: typer.Typer, console: Any, user_errors: Any) -> None:
         from recloop.store.artifacts import ArtifactRegistry
 
         settings = _settings(home, db)
+        _require_store(settings)
         registry = ArtifactRegistry(settings.models_dir)
         chosen = version or registry.active()
         if chosen is None:
@@ -433,9 +516,11 @@ def _register_privacy(console: Any, user_errors: Any) -> None:
         from recloop.service.privacy import erase
         from recloop.service.state import ServiceState
 
+        settings = _settings(home, db)
+        _require_store(settings)
         if not yes and not typer.confirm(f"erase every trace of user {user!r}?"):
             raise typer.Exit(1)
-        state = ServiceState.open(_settings(home, db))
+        state = ServiceState.open(settings)
         try:
             report = erase(state, user, "cli")
         finally:

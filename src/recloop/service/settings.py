@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from recloop.errors import ConfigError
 
 ENV_PREFIX = "RECLOOP_"
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+CACHE_SCHEMES = ("redis", "rediss")  # besides "memory" (or no URL): the in-process cache
 
 
 class ServiceSettings(BaseModel):
@@ -114,6 +118,37 @@ class ServiceSettings(BaseModel):
     slate_flush_s: float = Field(
         default=0.2, gt=0.0, description="How often logged slates are written, in batches."
     )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.strip().upper() not in LOG_LEVELS:
+            raise PydanticCustomError(
+                "log_level",
+                "log level must be one of {levels}, not {level}",
+                {"levels": ", ".join(LOG_LEVELS), "level": repr(level)},
+            )
+        return level.strip().upper()
+
+    @field_validator("cache_url")
+    @classmethod
+    def _known_cache(cls, url: str | None) -> str | None:
+        """Checked here, so a bad URL fails before the service starts, not in each worker."""
+        if url is None or url.strip() in ("", "memory"):
+            return url
+        try:
+            scheme = urlsplit(url).scheme
+        except ValueError:
+            scheme = ""
+        if scheme not in CACHE_SCHEMES:
+            from recloop.store.cache import mask_url
+
+            raise PydanticCustomError(
+                "cache_url",
+                "unknown cache URL {url}: use 'memory', redis:// or rediss://",
+                {"url": repr(mask_url(url))},
+            )
+        return url
 
     @property
     def context_allow_list(self) -> frozenset[str] | None:
