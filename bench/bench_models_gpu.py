@@ -4,6 +4,9 @@ available" figures).
     python bench/bench_models_gpu.py                 # SASRec (loo), Mult-VAE/DAE, DiffRec (ratio)
     python bench/bench_models_gpu.py --seeds 0 1 2   # more seeds (default: seed 0)
 
+On a machine that gets a copy of the working tree, set ``RECLOOP_GIT_COMMIT=<sha of the copied
+tree>`` so the records name the commit they ran (that copy's ``.git`` may be stale).
+
 The same tuned configs as `bench/bench_models.py` (`configs/ml-100k/<protocol>/<Model>.toml`)
 with ``device = "cuda"`` and everything else unchanged (float32, no mixed precision), so the
 wall time and the peak GPU memory compare with the CPU table; test metrics are reported too,

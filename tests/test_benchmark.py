@@ -66,3 +66,12 @@ def test_benchmarks_page_is_generated_from_results() -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_the_commit_can_be_named_for_a_tree_run_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recloop.benchmark import git_commit
+
+    monkeypatch.setenv("RECLOOP_GIT_COMMIT", "0123abcd\n")
+    assert git_commit() == "0123abcd"
+    monkeypatch.delenv("RECLOOP_GIT_COMMIT")
+    assert git_commit() != "0123abcd"

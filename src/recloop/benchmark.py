@@ -168,6 +168,10 @@ def peak_rss_mb() -> float:
 
 
 def git_commit() -> str | None:
+    """The commit results come from: ``RECLOOP_GIT_COMMIT`` when set (for a copy of the tree
+    run on another machine, whose ``.git`` may be stale or absent), else ``git rev-parse``."""
+    if os.environ.get("RECLOOP_GIT_COMMIT"):
+        return os.environ["RECLOOP_GIT_COMMIT"].strip()
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
