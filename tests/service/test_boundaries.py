@@ -151,3 +151,30 @@ def test_an_erased_users_slate_has_no_explanation_handles(service: Service) -> N
     assert slate["personalised"] is False
     assert slate["items"] and all(it["explanation"] is None for it in slate["items"])
     assert json.dumps(slate).count("u7") == 1  # only the answer's own user_id
+
+
+def test_an_explanation_made_during_an_erasure_is_not_cached(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recloop.generative.explain import Explainer
+    from recloop.store.cache import user_scope
+
+    client, keys, state = service
+    a = bearer(keys["a"])
+    post_events(client, keys["a"], click("e1", "u8"))
+    slate = client.get("/v1/users/u8/recommendations?n=3", headers=a).json()
+    state.slates.flush()
+    explain = Explainer.explain
+
+    def erased_meanwhile(self: Explainer, *args: object, **kw: object) -> object:
+        erase(state, "u8", "test")  # the user's evidence is already read: as a slow LLM call
+        return explain(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Explainer, "explain", erased_meanwhile)
+    client.get(f"/v1/explanations/{slate['slate_id']}/0", headers=a)
+    scope = user_scope("u8")
+    if hasattr(state.cache, "entry_keys"):
+        assert not [key for key in state.cache.entry_keys() if scope in key]
+    else:  # Redis: the forget marker refuses the write too; nothing under any generation
+        names = state.cache._client.scan_iter(match=f"{state.cache.namespace}:*")  # type: ignore[attr-defined]
+        assert not [name for name in names if scope.encode() in name]

@@ -32,10 +32,9 @@ import time
 from typing import TYPE_CHECKING
 
 from recloop.errors import ConfigError
-from recloop.generative.budget import ExplanationCache, PregenerationReport, pregenerate
+from recloop.generative.budget import PregenerationReport, pregenerate
 from recloop.generative.llm import TemplateGenerator
 from recloop.service.generation import GENERATOR, generative_consent, text_generator
-from recloop.store.cache import Cache
 from recloop.store.slates import SlateRecord
 
 if TYPE_CHECKING:
@@ -57,22 +56,6 @@ COUNTERS = {
 }
 GAUGES = {"queued": "Slates waiting for pregeneration"}
 _TEMPLATE = TemplateGenerator.name
-
-
-class _TokenCache:
-    """The service cache with every write bound to one cache token: once the cache is
-    invalidated (an item edit, a model activation; an erasure with the in-process cache) the
-    writes are dropped."""
-
-    def __init__(self, cache: Cache, token: int) -> None:
-        self.cache = cache
-        self.token = token
-
-    def get(self, key: str) -> bytes | None:
-        return self.cache.get(key)
-
-    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        self.cache.set(key, value, ttl, token=self.token)
 
 
 def pregenerate_slate(
@@ -104,10 +87,7 @@ def pregenerate_slate(
         return f"policy: {decision.reason}"  # the route answers with the template, uncached
     if not evidences:
         return "no item in the catalogue"
-    cache = ExplanationCache(
-        _TokenCache(state.cache, token), ttl_s=parts.cache.ttl_s, prefix=parts.cache.prefix
-    )
-    explainer = route.slate_explainer(state, parts, slate.user_id, cache=cache)
+    explainer = route.slate_explainer(state, parts, slate.user_id, token=token)
     return pregenerate([list(evidences.values())], explainer, use_llm=True, consent=consent)
 
 

@@ -43,7 +43,7 @@ from recloop.service.generation import generative_consent, text_generator
 from recloop.service.privacy import may_personalise
 from recloop.service.schemas import MAX_RECOMMENDATIONS
 from recloop.service.state import ServiceState
-from recloop.store.cache import user_scope
+from recloop.store.cache import Cache, user_scope
 from recloop.store.slates import Impression, SlateLog, SlateRecord
 
 router = APIRouter()
@@ -103,6 +103,7 @@ def explanation(
     a slate just received means "not found yet", and a retry shortly after succeeds.
     """
     state = service_state(request)
+    token = state.cache.token()  # before reading the user's data: see slate_explainer
     slate = SlateLog(state.store).slate(slate_id)
     if slate is None:
         raise HTTPException(
@@ -128,7 +129,7 @@ def explanation(
     budget = parts.settings.budget()
     # this worker may be explaining this very slate now: wait for its text, not write it twice
     state.pregenerator.wait_for(slate_id, position, budget.time_left())
-    result = slate_explainer(state, parts, slate.user_id).explain(
+    result = slate_explainer(state, parts, slate.user_id, token=token).explain(
         evidence,
         use_llm=decision.use_llm,
         consent=generative_consent(state, slate.user_id),
@@ -190,19 +191,36 @@ def slate_evidence(
     return len(events), evidences
 
 
+class TokenBoundCache:
+    """The service cache with every write bound to one cache token: once the cache is
+    invalidated (an item edit, a model activation; an erasure with the in-process cache) the
+    writes are dropped, so text made from a user's data read before an erasure cannot be
+    stored after it."""
+
+    def __init__(self, cache: Cache, token: int) -> None:
+        self.cache = cache
+        self.token = token
+
+    def get(self, key: str) -> bytes | None:
+        return self.cache.get(key)
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        self.cache.set(key, value, ttl, token=self.token)
+
+
 def slate_explainer(
-    state: ServiceState,
-    parts: ExplainComponents,
-    user_id: str,
-    cache: ExplanationCache | None = None,
+    state: ServiceState, parts: ExplainComponents, user_id: str, *, token: int
 ) -> Explainer:
     """The explainer of ``user_id``'s items: the worker's generator, the catalogue's checker,
-    the explanation cache (``cache``, default ``parts.cache``) under the user's scope, so
-    erasing the user purges what it stores."""
+    and the explanation cache under the user's scope (erasing the user purges what it stores),
+    its writes bound to ``token``, the cache token taken before the user's data was read."""
+    cache = ExplanationCache(
+        TokenBoundCache(state.cache, token), ttl_s=parts.cache.ttl_s, prefix=parts.cache.prefix
+    )
     return Explainer(
         text_generator(state),
         explanation_checker(state, parts),
-        cache=parts.cache if cache is None else cache,
+        cache=cache,
         scope=user_scope(user_id),
     )
 
