@@ -275,3 +275,37 @@ def test_from_model_run_keeps_class_name_config_and_costs() -> None:
     assert (run.model, run.seed, run.train_seconds, run.peak_rss_mb) == ("Popular", 0, 1.5, 321.0)
     assert run.config == {"count": "users"}
     assert isinstance(run.test, EvalResult)
+
+
+def _two_runs(ks_a: tuple[int, ...], ks_b: tuple[int, ...]) -> tuple[list[Any], Any]:
+    from recloop.data import Interactions, ratio
+    from recloop.eval import evaluate
+    from recloop.models import Popular
+    from recloop.report import ReportRun
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(30), 8)
+    split = ratio(Interactions.from_arrays(user=users, item=rng.integers(0, 25, len(users))))
+    test = split.evaluation_set("test")
+    model = Popular().fit(split)
+    a = evaluate(model, test, ks=ks_a, train=split.train, progress=False)
+    b = evaluate(model, test, ks=ks_b, train=split.train, progress=False)
+    return [ReportRun("A", 0, a), ReportRun("B", 0, b)], split
+
+
+def test_a_run_with_shorter_lists_is_left_out_at_the_larger_cut_off() -> None:
+    from recloop.report import report_payload
+
+    runs, split = _two_runs((5,), (10,))
+    payload = report_payload(runs, dataset="d", splits=split, n_resamples=20)
+    assert payload["metric"] == "ndcg@10"
+    assert set(payload["popularity_bias"]["recommendation_share"]) == {"B"}
+
+
+def test_no_resamples_gives_comparisons_without_intervals() -> None:
+    from recloop.report import report_payload
+
+    runs, split = _two_runs((10,), (10,))
+    payload = report_payload(runs, dataset="d", splits=split, n_resamples=0)
+    (row,) = payload["comparisons"]
+    assert row["note"] == "no bootstrap" and row["mean_difference"] == 0.0

@@ -287,13 +287,16 @@ def _popularity_bias(
     for model, runs in by_model.items():
         per_seed = []
         for run in runs:
+            if run.test.recommendations.shape[1] < k:
+                continue  # evaluated with shorter lists: "–" at this K, as in the other sections
             split = splits[run.seed]
             exposure = exposure_counts(run.test.recommendations, split.n_items, k)
             total = exposure.sum()
             per_seed.append(
                 [exposure[b].sum() / total if total else math.nan for b in buckets_of[run.seed]]
             )
-        rec_share[model] = np.mean(per_seed, axis=0).tolist()
+        if per_seed:
+            rec_share[model] = np.mean(per_seed, axis=0).tolist()
     sizes = [len(b) for b in np.array_split(np.arange(n_items), n_buckets)]
     return {
         "k": k,
@@ -422,7 +425,8 @@ def _comparisons(
     confidence: float,
     seed: int,
 ) -> list[dict[str, Any]]:
-    """Paired bootstrap of ``metric`` for each model against ``reference``, per seed and pooled."""
+    """Paired bootstrap of ``metric`` for each model against ``reference``, per seed and pooled
+    (``n_resamples = 0``: the mean differences only)."""
     ref_runs = {run.seed: run for run in by_model[reference]}
     rows: list[dict[str, Any]] = []
     for model, runs in by_model.items():
@@ -442,6 +446,10 @@ def _comparisons(
             both = ~(np.isnan(a) | np.isnan(b))
             if not both.any():
                 rows.append({**row, "note": f"no user has a defined {metric}"})
+                continue
+            if n_resamples == 0:  # as everywhere in the report: no resamples, no interval
+                difference = float(np.mean(a[both] - b[both]))
+                rows.append({**row, "mean_difference": difference, "note": "no bootstrap"})
                 continue
             result = paired_bootstrap(
                 a[both],
@@ -823,7 +831,8 @@ def _comparison_html(payload: Mapping[str, Any]) -> str:
     rows = []
     for row in rows_in:
         if row.get("note"):
-            rows.append([row["model"], row["seed"], "–", "–", "–", row["note"]])
+            difference = _num(row["mean_difference"]) if "mean_difference" in row else "–"
+            rows.append([row["model"], row["seed"], difference, "–", "–", row["note"]])
             continue
         low, high = row["ci_low"], row["ci_high"]
         if row["significant"]:

@@ -189,3 +189,12 @@ def test_bad_updates_and_states() -> None:
         ThompsonBandit.from_state({**state, "segments": {"a": {"alpha": [1.0], "beta": [1.0]}}})
     with pytest.raises(ConfigError, match="version"):
         ThompsonBandit.from_state({**state, "version": 99})
+
+
+@pytest.mark.parametrize("value", [-5, 2**200])
+def test_an_out_of_range_rng_state_is_a_config_error(value: int) -> None:
+    bandit = ThompsonBandit(["a", "b"], BanditConfig(seed=0))
+    state = bandit.state()
+    state["rng"]["state"]["state"] = value
+    with pytest.raises(ConfigError, match="rng"):
+        ThompsonBandit.from_state(state)

@@ -202,3 +202,14 @@ def test_beyond_accuracy_bundle() -> None:
     assert means["ild@3"] == pytest.approx((2 / 3 + 0.0) / 2)
     only = beyond_accuracy(recs, 6, ks=(3,))
     assert set(only.means) == {"coverage@3", "gini@3"}
+
+
+@pytest.mark.parametrize("dtype", [bool, np.float32, np.int64])
+def test_intra_list_diversity_binarises_any_sparse_genre_matrix(dtype: type) -> None:
+    """Items {A,B}, {A,B}, {A}: distances 0, 1/2, 1/2, so ILD 1/3 whatever the matrix holds."""
+    weights = np.array([[2, 2], [1, 1], [1, 0]])
+    genres = sp.csr_matrix(weights.astype(dtype))
+    before = genres.toarray().copy()
+    ild = intra_list_diversity(np.array([[0, 1, 2]]), genres, 3)
+    np.testing.assert_allclose(ild, [1 / 3])
+    np.testing.assert_array_equal(genres.toarray(), before)  # the caller's matrix untouched

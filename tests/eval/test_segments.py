@@ -143,3 +143,15 @@ def test_user_segments_sources() -> None:
         "gender"
     }
     assert user_segments(np.array([0])) == {}
+
+
+def test_head_share_products_that_round_up_add_no_item() -> None:
+    """0.55 × 100 is 55.000000000000007 in floats: item 0 alone covers 55 of 100 rows."""
+    from recloop.eval.fairness import bands_from_counts
+
+    counts = [55, 30, 15]
+    users = np.repeat(np.arange(100), 1)
+    items = np.repeat([0, 1, 2], counts)
+    train = Interactions.from_arrays(user=users, item=items)
+    assert head_items(train, 0.55).tolist() == [True, False, False]
+    assert list(bands_from_counts(counts, 0.55, 0.2)) == ["head", "mid", "tail"]

@@ -275,7 +275,7 @@ class ThompsonBandit:
         if "rng" in state:
             try:
                 bandit._rng.bit_generator.state = state["rng"]
-            except (TypeError, ValueError, KeyError):
+            except (TypeError, ValueError, KeyError, OverflowError):
                 raise ConfigError("bandit state: invalid rng state") from None
         return bandit
 

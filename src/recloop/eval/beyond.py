@@ -132,7 +132,7 @@ def genre_matrix(genres: GenreSets) -> sp.csr_matrix:
     A string is one genre (not split into characters) and ``None`` is an empty set.
     """
     if sp.issparse(genres):
-        mat = sp.csr_matrix(genres, dtype=np.float32)
+        mat = sp.csr_matrix(genres, dtype=np.float32, copy=True)  # the caller's stays as it is
         mat.sum_duplicates()
         mat.eliminate_zeros()
         mat.data[:] = 1.0
@@ -171,7 +171,7 @@ def intra_list_diversity(
     (distance 0). Lists are processed in chunks of about ``chunk_cells`` dense cells.
     """
     recs, shown = _top(recommendations, k)
-    mat = genres if isinstance(genres, sp.csr_matrix) else genre_matrix(genres)
+    mat = genre_matrix(genres)  # binary: a weighted or boolean matrix would skew the Jaccard
     if shown.any() and recs[shown].max() >= mat.shape[0]:
         raise ValueError(f"recommended item {int(recs[shown].max())} has no genre entry")
     n, width = recs.shape

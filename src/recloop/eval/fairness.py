@@ -31,7 +31,13 @@ from recloop.data.types import Catalog, Dataset, Exclusions, Interactions, Queri
 from recloop.errors import ConfigError, DataError
 from recloop.eval.beyond import exposure_counts, gini
 from recloop.eval.metrics import check_recommendations, metric_name
-from recloop.eval.segments import ACTIVITY_LEVELS, AGE_BANDS, SegmentTable, user_segments
+from recloop.eval.segments import (
+    ACTIVITY_LEVELS,
+    AGE_BANDS,
+    SegmentTable,
+    head_size,
+    user_segments,
+)
 
 if TYPE_CHECKING:
     from recloop.eval.evaluate import EvalResult, Ranker
@@ -302,7 +308,7 @@ def bands_from_counts(
     order = np.lexsort((np.arange(len(counts)), -counts))
     covered = np.cumsum(counts[order])
     before = covered - counts[order]
-    n_head = int(np.searchsorted(covered, head_share * total, side="left")) + 1
+    n_head = head_size(covered, head_share)
     rank = np.arange(len(order))
     band = np.where(before >= (1 - tail_share) * total - 1e-9, "tail", "mid")
     band[rank < n_head] = "head"

@@ -88,9 +88,17 @@ def head_items(train: Interactions, share: float = 0.5) -> np.ndarray:
         return head
     order = np.lexsort((np.arange(len(counts)), -counts))
     covered = np.cumsum(counts[order])
-    n_head = int(np.searchsorted(covered, share * total, side="left")) + 1
-    head[order[:n_head]] = True
+    head[order[: head_size(covered, share)]] = True
     return head
+
+
+def head_size(covered: np.ndarray, share: float) -> int:
+    """How many of the most popular items (``covered``: their cumulative counts, most
+    popular first) it takes to cover ``share`` of all interactions. A float product such as
+    0.55 × 100 = 55.000000000000007 must not add an item, hence the tolerance."""
+    total = float(covered[-1])
+    target = share * total - 1e-9 * max(1.0, total)
+    return int(np.searchsorted(covered, target, side="left")) + 1
 
 
 def _labels_from(values: Sequence[Any], user_index: np.ndarray, band: bool) -> np.ndarray:
