@@ -150,6 +150,19 @@ def fetch_movielens(source: _Source, cache: Path, url: str, sha256: str) -> Path
     Nothing partial is ever left under the final name: the zip goes to a temporary file, is
     verified, extracted into a temporary folder and renamed into place.
     """
+    try:
+        return _fetch(source, cache, url, sha256)
+    except DatasetNotFoundError:
+        raise
+    except OSError as exc:  # an unwritable or vanished cache folder, a full disk, ...
+        raise DatasetNotFoundError(
+            f"{source.title} could not be downloaded from {url} into the cache folder {cache}: "
+            f"{exc.strerror or exc}; make that folder writable, or point cache_dir= or "
+            "RECLOOP_CACHE at another folder"
+        ) from None
+
+
+def _fetch(source: _Source, cache: Path, url: str, sha256: str) -> Path:
     target = cache / source.name
     try:
         cache.mkdir(parents=True, exist_ok=True)

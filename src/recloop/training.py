@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from recloop.errors import ConfigError
+from recloop.errors import ConfigError, RecloopError
 
 if TYPE_CHECKING:  # recloop.models imports this module; the artifact helpers load lazily
     from recloop.models.base import ModelConfig
@@ -120,7 +120,10 @@ class Trainer:
     ) -> TrainResult:
         """Train ``module`` in place; it ends in eval mode holding the best weights.
 
-        Without ``validate`` every epoch runs and the last weights are kept.
+        Without ``validate`` every epoch runs and the last weights are kept. A loss that is
+        not finite (NaN or infinite) raises :class:`RecloopError` naming the epoch and batch,
+        before it reaches the weights; under AMP a step the gradient scaler skips is left out
+        of the epoch's mean loss instead, and an epoch where it skips every step raises.
         """
         cfg = self.config
         device = resolve_device(cfg.device)
@@ -139,23 +142,43 @@ class Trainer:
             metrics: list[tuple[int, float]] = []
             best_metric, best_epoch, best_state = -math.inf, -1, None
             stale, stopped = 0, False
+            last_finite: float | None = None
             with _progress_bar(self.progress) as bar:
                 task = bar.add_task(description, total=cfg.max_epochs, loss=math.nan, metric="-")
                 for epoch in range(cfg.max_epochs):
                     module.train()
-                    total, n_batches = 0.0, 0
-                    for batch in train_batches(epoch, generator):
+                    total, n_batches, n_skipped = 0.0, 0, 0
+                    for index, batch in enumerate(train_batches(epoch, generator)):
                         optimizer.zero_grad(set_to_none=True)
                         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                             loss = module.training_step(to_device(batch, device))
+                        value = float(loss.detach())
+                        finite = math.isfinite(value)
+                        if not finite and not amp:
+                            raise _diverged(value, epoch, index, last_finite, cfg)
+                        scale = scaler.get_scale() if not finite else math.nan  # AMP only
                         scaler.scale(loss).backward()
                         if cfg.grad_clip is not None:
                             scaler.unscale_(optimizer)
                             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
                         scaler.step(optimizer)
                         scaler.update()
-                        total += float(loss.detach())
+                        if not finite:
+                            # AMP: the scaler skips a step whose gradients overflow and lowers
+                            # its scale; a non-finite loss it did not skip reached the weights.
+                            if not scaler.get_scale() < scale:
+                                raise _diverged(value, epoch, index, last_finite, cfg)
+                            n_skipped += 1
+                            continue
+                        last_finite = value
+                        total += value
                         n_batches += 1
+                    if n_skipped and not n_batches:
+                        raise RecloopError(
+                            f"training diverged: every one of the {n_skipped} batches of epoch "
+                            f"{epoch + 1} gave a non-finite loss under mixed precision (AMP); "
+                            "lower the learning rate, set grad_clip, or turn amp off"
+                        )
                     losses.append(total / max(n_batches, 1))
 
                     metric: float | None = None
@@ -193,6 +216,17 @@ class Trainer:
             metrics=metrics,
             seconds=time.perf_counter() - started,
         )
+
+
+def _diverged(
+    value: float, epoch: int, index: int, last_finite: float | None, cfg: TrainerConfig
+) -> RecloopError:
+    """The error for a non-finite training loss; ``epoch`` and ``index`` are 0-based."""
+    before = f"{last_finite:.6g}" if last_finite is not None else "none: it was the first batch"
+    return RecloopError(
+        f"training diverged: the loss is {value} at epoch {epoch + 1}, batch {index + 1} "
+        f"(last finite loss {before}); lower the learning rate (lr={cfg.lr:g}) or set grad_clip"
+    )
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

@@ -74,11 +74,17 @@ def factorize(table: Table, column: str, role: str) -> tuple[np.ndarray, list[st
         else:
             series = series.str.strip_chars()
     elif series.dtype.is_float():
-        integral = (series.abs() < _MAX_SECONDS).all() and (series == series.floor()).all()
-        if integral:
+        nan = first_row(series.is_nan())
+        if nan is not None:  # NaN is how numeric columns spell a missing value
+            raise table.error(f"empty {role} id (NaN)", row=nan, field=column)
+        whole = (series.abs() < _MAX_SECONDS) & (series == series.floor())
+        if whole.all():
             ints = series.cast(pl.Int64)
-        else:
-            series = series.cast(pl.String)
+        else:  # whole numbers keep their integer spelling ("1", not "1.0") beside the others
+            value = pl.col("v")
+            spelled = pl.when(whole).then(value.cast(pl.Int64, strict=False).cast(pl.String))
+            text = series.to_frame("v").select(spelled.otherwise(value.cast(pl.String)))
+            series = text.to_series()
     else:
         series = series.cast(pl.String)
     if ints is not None:
@@ -158,7 +164,11 @@ def timestamps(table: Table, column: str) -> np.ndarray:
     _raise_if_null(table, column, "timestamp")
     dtype = series.dtype
     if dtype.is_integer():
-        return series.cast(pl.Int64).to_numpy()
+        seconds = series.cast(pl.Int64, strict=False)  # only UInt64 beyond 2**63 - 1 fails
+        bad = first_row(seconds.is_null())
+        if bad is not None:
+            raise table.error(_time_problem(str(series[bad])), row=bad, field=column)
+        return seconds.to_numpy()
     if dtype.is_float():
         bad = first_row(~(series.is_finite() & (series.abs() < _MAX_SECONDS)))
         if bad is not None:
@@ -296,7 +306,11 @@ def integers(table: Table, column: str, *, lenient: bool = False) -> pl.Series:
     """Whole numbers (null where empty); a bad cell is an error unless ``lenient`` (then null)."""
     series = strings(table.frame[column])
     if series.dtype.is_integer():
-        return series.cast(pl.Int64)
+        converted = series.cast(pl.Int64, strict=False)  # only UInt64 beyond 2**63 - 1 fails
+        bad = first_row(converted.is_null() & series.is_not_null())
+        if bad is not None and not lenient:
+            raise table.error(f"{show(series[bad])} is too large (int64)", row=bad, field=column)
+        return converted
     if series.dtype.is_float():
         whole = series.is_null() | (series == series.floor())
         if lenient or whole.all():

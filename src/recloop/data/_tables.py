@@ -36,6 +36,7 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x7fELF", "an executable program"),
 )
 _UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")
+_UTF8_BOM = b"\xef\xbb\xbf"
 _SNIFF_BYTES = 8192
 _UNIT_SEPARATOR = "\x1f"  # stands in for multi-character separators such as MovieLens' "::"
 
@@ -338,8 +339,13 @@ def read_jsonl(path: Path) -> Table:
     head = check_file(path)
     check_text(path, head)
     try:
-        with path.open("rb") as f:  # a handle, so "[" or "*" in the name is not a glob
-            frame = pl.read_ndjson(f, infer_schema_length=None)
+        if head.startswith(_UTF8_BOM):  # Polars' JSON reader refuses a byte-order mark
+            frame = pl.read_ndjson(
+                io.BytesIO(path.read_bytes()[len(_UTF8_BOM) :]), infer_schema_length=None
+            )
+        else:
+            with path.open("rb") as f:  # a handle, so "[" or "*" in the name is not a glob
+                frame = pl.read_ndjson(f, infer_schema_length=None)
     except pl.exceptions.PolarsError as exc:
         raise _explain_jsonl_error(path, exc) from None
     except (
@@ -358,6 +364,8 @@ def read_jsonl(path: Path) -> Table:
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1:
+                raw = raw.removeprefix(_UTF8_BOM)
             if raw.strip():
                 yield number, raw
 
@@ -372,7 +380,7 @@ def _jsonl_line(path: Path, row: int) -> int | None:
 def _explain_jsonl_error(path: Path, exc: Exception) -> DataError:
     for number, raw in _jsonl_lines(path):
         try:
-            value = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            value = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as bad:
             return DataError(
                 f"is not UTF-8 text (byte 0x{raw[bad.start]:02x} cannot be decoded)",

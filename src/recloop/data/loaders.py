@@ -164,6 +164,14 @@ def _recbole_table(table: Table) -> tuple[Table, dict[str, str]]:
     names = []
     for raw in table.frame.columns:
         name, _, kind = raw.rpartition(":") if ":" in raw else (raw, "", "token")
+        if name in types:
+            raise DataError(
+                f"the header names field {name!r} more than once; RecBole field names must be "
+                "unique",
+                path=table.path,
+                line=1,
+                field=name,
+            )
         types[name] = kind or "token"
         names.append(name)
     table.frame.columns = names
@@ -261,9 +269,9 @@ def read_catalog(
         spec = _recbole_spec(spec, types, exclude=(spec.item, spec.title))
     table.require(spec.item, spec.title, *spec.text, *_typed(spec), *(spec.attributes or ()))
     ids = _unique_ids(table, spec.item, "item")
-    fields = _attribute_columns(table, spec, exclude={spec.item})
-    title = (fields[spec.title] if spec.title else ids).cast(pl.String).fill_null("")
-    parts = [title] + [_as_text(fields[c]) for c in spec.text if c != spec.title]
+    fields = _attribute_columns(table, spec, exclude={spec.item}, types=types)
+    title = (_as_text(table, spec.title, fields[spec.title]) if spec.title else ids).fill_null("")
+    parts = [title] + [_as_text(table, c, fields[c]) for c in spec.text if c != spec.title]
     text = pl.select(pl.concat_str(parts, separator=". ", ignore_nulls=True)).to_series()
     if spec.attributes is not None:
         names = list(spec.attributes)
@@ -298,7 +306,7 @@ def read_users(
         spec = spec.model_copy(update={"ints": ("age",)})
     table.require(spec.user, *_typed(spec), *(spec.attributes or ()))
     ids = _unique_ids(table, spec.user, "user")
-    fields = _attribute_columns(table, spec, exclude={spec.user})
+    fields = _attribute_columns(table, spec, exclude={spec.user}, types=types)
     names = list(spec.attributes) if spec.attributes is not None else list(fields)
     frame = pl.DataFrame([fields[c].alias(c) for c in names] or [ids.alias("__id")])
     idmap, frame = _assemble(users, ids, frame)
@@ -313,7 +321,8 @@ _Spec = TypeVar("_Spec", bound="_FieldTypes")
 
 
 def _recbole_spec(spec: _Spec, types: dict[str, str], exclude: tuple[str | None, ...]) -> _Spec:
-    """Typed fields from a RecBole header: token_seq/float_seq are lists, float numbers, age int."""
+    """Typed fields from a RecBole header: token_seq/float_seq are lists (float_seq of numbers,
+    see :func:`_attribute_columns`), float numbers, age int."""
     lists = {n: " " for n, t in types.items() if t in ("token_seq", "float_seq")}
     floats = tuple(n for n, t in types.items() if t == "float")
     ints = ("age",) if "age" in types else ()
@@ -342,14 +351,20 @@ def _unique_ids(table: Table, column: str, role: str) -> pl.Series:
 
 
 def _attribute_columns(
-    table: Table, spec: _FieldTypes, exclude: set[str | None]
+    table: Table,
+    spec: _FieldTypes,
+    exclude: set[str | None],
+    types: dict[str, str] | None = None,
 ) -> dict[str, pl.Series]:
-    """Every column except ``exclude`` converted as ``spec`` says (strings by default)."""
+    """Every column except ``exclude`` converted as ``spec`` says (strings by default); list
+    fields a RecBole header (``types``) declares ``float_seq`` hold numbers."""
     out: dict[str, pl.Series] = {}
     for name in table.frame.columns:
         if name in exclude:
             continue
-        if name in spec.lists:
+        if name in spec.lists and types and types.get(name) == "float_seq":
+            series = col.float_lists(table, name, spec.lists[name])
+        elif name in spec.lists:
             series = col.lists(table.frame[name], spec.lists[name])
         elif name in spec.ints:
             series = col.integers(table, name)
@@ -361,12 +376,41 @@ def _attribute_columns(
     return out
 
 
-def _as_text(series: pl.Series) -> pl.Series:
-    """A column as text for ``Catalog.text``: lists joined with ", ", empty as null."""
-    if isinstance(series.dtype, pl.List):
-        joined = series.cast(pl.List(pl.String)).list.join(", ")
-        return joined.set(joined.str.len_bytes() == 0, None)
-    return col.strings(series.cast(pl.String))
+def _as_text(table: Table, name: str, series: pl.Series) -> pl.Series:
+    """A column as text for ``Catalog.text``: lists (nested ones flattened) joined with ", ",
+    empty as null; a value that cannot be text (bytes that are not UTF-8) is an error."""
+    depth = 0  # 2: a list of lists
+    leaf: object = series.dtype
+    while isinstance(leaf, pl.List | pl.Array):
+        depth, leaf = depth + 1, leaf.inner
+    target: pl.DataType = pl.String()
+    for _ in range(depth):
+        target = pl.List(target)
+    try:
+        text = series.cast(target)
+        if depth == 0:
+            return col.strings(text)
+        for _ in range(depth - 1):
+            text = text.list.eval(pl.element().list.explode(keep_nulls=False, empty_as_null=False))
+        joined = text.list.join(", ")
+    except pl.exceptions.PolarsError:
+        bad = (r for r in range(len(series)) if not _castable(series.slice(r, 1), target))
+        row = next(bad, 0)
+        raise table.error(
+            f"{col.show(series.slice(row, 1).to_list()[0])} cannot be turned into text "
+            f"({series.dtype})",
+            row=row,
+            field=name,
+        ) from None
+    return joined.set(joined.str.len_bytes() == 0, None)
+
+
+def _castable(series: pl.Series, dtype: pl.DataType) -> bool:
+    try:
+        series.cast(dtype)
+    except pl.exceptions.PolarsError:
+        return False
+    return True
 
 
 def _assemble(
@@ -448,7 +492,7 @@ def _recbole_items(path: Path, items: IdMap) -> Catalog:
     extra = [c for c in table.frame.columns if c not in exclude]
     if extra:
         spec = _recbole_spec(CatalogColumns(item=item_col), types, ())
-        fields = _attribute_columns(table, spec, exclude=exclude)
+        fields = _attribute_columns(table, spec, exclude=exclude, types=types)
         _, frame = _assemble(items, ids, pl.DataFrame([fields[c].alias(c) for c in extra]))
         catalog.attributes.update({c: frame[c].to_list() for c in extra})
     return catalog

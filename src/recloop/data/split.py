@@ -202,12 +202,20 @@ def loo(data: Interactions, seed: int = 0) -> Split:
     return _assemble(data, part, "loo", seed, meta)
 
 
+def _check_shares(protocol: str, valid_share: float, test_share: float) -> None:
+    """Shares must leave something for train: 0 <= valid, 0 < test, valid + test < 1."""
+    if not (0 <= valid_share < 1 and 0 < test_share < 1 and valid_share + test_share < 1):
+        raise ConfigError(
+            f"{protocol} split needs 0 <= valid_share, 0 < test_share, sum < 1 "
+            f"(got valid_share={valid_share}, test_share={test_share})"
+        )
+
+
 def ratio(
     data: Interactions, seed: int = 0, valid_share: float = 0.1, test_share: float = 0.1
 ) -> Split:
     """Per-user random split with RecBole 1.2's rounding (see :func:`recbole_split_counts`)."""
-    if not (0 <= valid_share < 1 and 0 < test_share < 1 and valid_share + test_share < 1):
-        raise ConfigError("ratio split needs 0 <= valid_share, 0 < test_share, sum < 1")
+    _check_shares("ratio", valid_share, test_share)
     rng = np.random.default_rng(seed)
     part = np.zeros(len(data), dtype=np.int8)
     pos_rows = np.flatnonzero(~data.is_negative())
@@ -247,6 +255,7 @@ def temporal(
     Cut-offs default to the time quantiles leaving ``test_share`` / ``valid_share`` of the
     positive rows after them. Rows with equal timestamps always fall in the same part.
     """
+    _check_shares("temporal", valid_share, test_share)
     pos_ts = np.sort(data.timestamp[~data.is_negative()])
     if len(pos_ts) == 0:
         raise ConfigError("temporal split needs at least one positive interaction")

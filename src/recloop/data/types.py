@@ -73,17 +73,25 @@ class IdMap:
             raise DataError(f"duplicate id {dup!r}")
 
     def add(self, ids: Iterable[object], *, allow_existing: bool = True) -> np.ndarray:
-        """Assign indices to new ids (existing ones keep theirs); returns the indices of ``ids``."""
+        """Assign indices to new ids (existing ones keep theirs); returns the indices of ``ids``.
+
+        With ``allow_existing=False`` an id already in the map, or given twice, is an error and
+        the map is left as it was.
+        """
+        keys = [str(raw) for raw in ids]
+        if not allow_existing:
+            seen: set[str] = set()
+            for key in keys:
+                if key in self._index or key in seen:
+                    raise DataError(f"duplicate id {key!r}")
+                seen.add(key)
         out: list[int] = []
-        for raw in ids:
-            key = str(raw)
+        for key in keys:
             idx = self._index.get(key)
             if idx is None:
                 idx = len(self._ids)
                 self._ids.append(key)
                 self._index[key] = idx
-            elif not allow_existing:
-                raise DataError(f"duplicate id {key!r}")
             out.append(idx)
         return np.asarray(out, dtype=np.int32)
 
@@ -91,11 +99,12 @@ class IdMap:
         """Dense indices of ``ids``. ``unknown="error"`` raises, ``unknown="new"`` gives −1."""
         if unknown not in ("error", "new"):
             raise ValueError("unknown must be 'error' or 'new'")
+        if not isinstance(ids, Sequence | np.ndarray):  # a generator can be read only once
+            ids = list(ids)
         get = self._index.get
-        out = np.fromiter((get(str(i), -1) for i in ids), dtype=np.int32)
+        out = np.fromiter((get(str(i), -1) for i in ids), dtype=np.int32, count=len(ids))
         if unknown == "error" and (out < 0).any():
-            ids_list = [str(i) for i in ids] if not isinstance(ids, list) else ids
-            missing = str(ids_list[int(np.flatnonzero(out < 0)[0])])
+            missing = str(ids[int(np.flatnonzero(out < 0)[0])])
             raise UnknownIdError(f"unknown id {missing!r}")
         return out
 
