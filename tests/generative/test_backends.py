@@ -155,6 +155,7 @@ def test_a_missing_key_variable_is_reported_when_building(
 
 def test_transformers_backend_is_built_without_loading(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"")
     generator = build_generator(
         GeneratorConfig(backend="transformers", model_path=str(tmp_path), threads=1, max_tokens=9)
     )

@@ -20,7 +20,13 @@ from recloop.generative.content import (
     generate_content,
     split_title,
 )
-from recloop.generative.llm import Generation, GenerationRequest, Message, TemplateGenerator
+from recloop.generative.llm import (
+    Generation,
+    GenerationError,
+    GenerationRequest,
+    Message,
+    TemplateGenerator,
+)
 from recloop.generative.quality import ContentError, QualityConfig, build_gate
 from recloop.generative.safety import SYSTEM_GUARD
 from recloop.models import Popular
@@ -305,3 +311,74 @@ def test_movielens_content_passes_the_checks_and_reaches_the_queue(
         assert [p.piece.provenance["segment_index"] for p in submitted[::2]] == [
             s.segment for s in eligible
         ]
+
+
+# ------------------------------------------------------------------ concepts, failing backends
+def test_a_concept_is_not_a_duplicate_of_its_own_collection(tmp_path: Path) -> None:
+    from recloop.data.types import Catalog, Dataset
+    from recloop.generative.review import ReviewQueue
+    from recloop.service.bootstrap import import_dataset
+    from recloop.store.events import EventStore
+
+    catalog = Catalog(
+        ITEMS,
+        list(TITLES),
+        [CATALOGUE[i].text for i in ITEMS.ids()],
+        {"genres": [CATALOGUE[i].attributes["genres"] for i in ITEMS.ids()]},
+    )
+    config = ContentConfig(segments=2, items_per_collection=3, concepts=True)
+    pieces = generate(config=config)
+    collection, concept = pieces[:2]
+    assert concept.items == collection.items  # three items: the concept cites all of them
+    assert concept.provenance["companion"] == collection.content_id
+    assert collection.provenance["companion"] == concept.content_id
+    with EventStore(f"sqlite:///{tmp_path / 'events.db'}") as store:
+        import_dataset(store, Dataset("tiny", interactions(), catalog), source="tiny")
+        queue = ReviewQueue(store, quality=QualityConfig())
+        submitted = [queue.submit(p) for p in pieces]
+        assert [p.status for p in submitted] == ["pending"] * 4, [
+            p.report.failures for p in submitted
+        ]
+        # an edit of the collection re-runs the checks against its pending concept
+        edited = queue.edit(collection.content_id, "alice", title="Quiet dramas, overlooked")
+        assert edited.status == "pending", edited.report.failures
+
+
+class Failing:
+    """A backend that raises ``error`` or answers ``answer`` instead of a Generation."""
+
+    name = "failing"
+    hosted = False
+
+    def __init__(self, error: Exception | None = None, answer: Any = None) -> None:
+        self.error, self.answer = error, answer
+
+    def generate(self, request: GenerationRequest) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.answer
+
+    def score(self, messages: Sequence[Message], continuations: Sequence[str]) -> list[float]:
+        return [0.0] * len(continuations)
+
+
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        (Failing(GenerationError("server answered HTTP 503")), "HTTP 503"),
+        (Failing(TypeError("'NoneType' object is not iterable")), "failed \\(TypeError\\)"),
+        (Failing(answer=None), "answered without text"),
+        (Failing(answer=Generation(None, "x", "y")), "answered without text"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_failing_generator_is_a_generation_error_naming_the_piece(
+    backend: Failing, message: str
+) -> None:
+    with pytest.raises(GenerationError, match=f"the collection for segment .*-s1: .*{message}"):
+        generate(generator=backend)
+
+
+def test_odd_usage_figures_do_not_break_the_provenance() -> None:
+    odd = Generation("Title\n\nA fine description of these films.", "x", "y", latency_s="?")  # type: ignore[arg-type]
+    (piece,) = generate(generator=Failing(answer=odd))
+    assert piece.provenance["usage"]["latency_s"] is None

@@ -23,6 +23,7 @@ from recloop.generative.conversation import (
     ground,
     parse_request,
 )
+from recloop.generative.faithfulness import FaithfulnessChecker
 from recloop.generative.llm import (
     Generation,
     GenerationError,
@@ -408,3 +409,68 @@ def test_the_conversation_template_is_registered() -> None:
     )
     text = TemplateGenerator().generate(request).text
     assert text == "Here is 1 pick (comedy): [[1]]."
+
+
+# ------------------------------------------------------------- grounding names, labelled turns
+def test_ground_drops_single_names_catalogue_titles_and_titles_with_a_year() -> None:
+    items = [AnswerItem("7", "Groundhog Day (1993)", 1.0, "dense")]
+    items.append(AnswerItem("18", "Clueless (1995)", 0.9, "dense"))
+    names = FaithfulnessChecker.from_catalog(CATALOG)  # what a recommender grounds with
+    for reply in [
+        "[[7]] is a classic, and fans of it also adore Inception.",  # one capitalised word
+        "[[7]] is better than Titanic (1997) ever was.",  # a word and a year
+        "Titanic (1997) pales next to [[18]].",  # the same, opening the sentence
+        "[[7]] pairs with the matrix reloaded (2003).",  # lower case, but a year follows
+        "[[7]] is great. Fargo fans will enjoy [[18]] too.",  # a catalogue film not shown
+        "[[18]] is better than Love Story.",  # a title-cased run of common words
+        "Shrek did it first, then [[18]].",  # an unknown name opening a sentence
+    ]:
+        for checked_by in (names, None):
+            text, dropped = ground(reply, items, checker=checked_by)
+            assert dropped == 1 and "[[" not in text, (reply, text)
+            assert not {"Inception", "Titanic", "matrix", "Fargo", "Love", "Shrek"} & set(
+                text.split()
+            ), (reply, text)
+
+
+def test_ground_keeps_ordinary_sentences_about_the_shown_items() -> None:
+    items = [AnswerItem("7", "Groundhog Day (1993)", 1.0, "dense")]
+    items.append(AnswerItem("18", "Clueless (1995)", 0.9, "dense"))
+    names = FaithfulnessChecker.from_catalog(CATALOG)
+    for reply in [
+        "Since you loved Toy Story, try [[7]]: a warm, funny Comedy.",
+        "For a lighter mood, [[18]] (1995) delivers laughs. Enjoy!",
+        "Both [[7]] and [[18]] are comedies from the 1990s. Not a horror fan? Good.",
+        "I'd start with [[7]]. It's clever, romantic and endlessly rewatchable.",
+        "Looking for something quirky? Groundhog Day fits, and so does [[18]].",
+        "Fans of Groundhog will like [[7]]; Critics loved it.",
+    ]:
+        text, dropped = ground(reply, items, ["Toy Story (1995)"], checker=names)
+        assert dropped == 0 and text, (reply, text)
+
+
+def test_llm_answers_are_grounded_against_the_catalogue(index: DenseIndex) -> None:
+    reply = "You will love [[1]]. Fans of it also adore Inception. And Fargo too."
+    rec = ConversationalRecommender(index, CATALOG, generator=FakeLLM(reply))
+    answer = rec.respond(Conversation.new("u1"), "an animated comedy")
+    assert answer.backend == "fake-llm" and answer.text == "You will love Toy Story (1995)."
+    assert any("dropped 2 generated sentence" in n for n in answer.notes)
+
+
+def test_template_answers_are_not_dropped_for_quoting_the_request(index: DenseIndex) -> None:
+    rec = ConversationalRecommender(index, CATALOG)
+    answer = rec.respond(Conversation.new(), "something with real 'Heat' and Fargo vibes")
+    assert answer.items and answer.text.startswith("Here are"), answer.text
+
+
+def test_turns_keep_their_backend_and_old_states_still_load(index: DenseIndex) -> None:
+    rec = ConversationalRecommender(index, CATALOG, generator=FakeLLM("You will love [[1]]."))
+    answer = rec.respond(Conversation.new("u7", "c1"), "an animated comedy")
+    data = answer.state.to_json()
+    assert answer.state.turns[-1].backend == answer.backend
+    assert data["turns"][-1]["backend"] == answer.backend
+    assert Conversation.from_json(data) == answer.state
+    del data["turns"][-1]["backend"]  # a state saved before turns kept their backend
+    assert Conversation.from_json(data).turns[-1].backend is None
+    with pytest.raises(ConversationError, match="backend"):
+        Conversation.from_json({"conversation_id": "c", "turns": [{"backend": 3}]})

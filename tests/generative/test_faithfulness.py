@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from recloop.generative.evidence import ItemFacts, build_evidence
-from recloop.generative.faithfulness import FaithfulnessChecker, fold, title_forms, title_key
+from recloop.generative.faithfulness import (
+    FaithfulnessChecker,
+    fold,
+    is_ordinary_word,
+    title_forms,
+    title_key,
+)
 
 CATALOGUE = [
     ItemFacts("1", "Toy Story", 1995, ("Animation", "Children's", "Comedy")),
@@ -127,3 +133,70 @@ def test_items_outside_the_vocabulary_are_matched_from_the_evidence() -> None:
 def test_evidence_as_a_dict_is_accepted(checker: FaithfulnessChecker) -> None:
     ev = evidence_for("1", ["2"])
     assert checker.check("Like Aladdin, it is animated.", ev.to_dict()).faithful
+
+
+# ---------------------------------------------------------- sentence openers and title case
+AUDIT = [
+    *CATALOGUE,
+    ItemFacts("13", "Fargo", 1996, ("Crime", "Drama", "Thriller")),
+    ItemFacts("14", "Birdcage, The", 1996, ("Comedy",)),
+]
+
+
+def test_a_film_or_name_opening_a_sentence_is_caught() -> None:
+    checker = FaithfulnessChecker.from_items(AUDIT)
+    ev = evidence_for("1", ["2", "5"])  # Toy Story, because of Aladdin and The Lion King
+    planted = {
+        "Because you watched Aladdin, try it. Fargo is another favourite of yours.": "Fargo",
+        "Because you watched Aladdin, try it. The Birdcage is one too.": "The Birdcage",
+        "Because you watched Aladdin, try it. Inception fans love it too.": "Inception",
+        "Because you watched Aladdin, try it. Shrek did it first.": "Shrek",
+        "Like Aladdin, it is animated. Heat (1995) is not.": "Heat",  # a year: a title
+        "Like Aladdin, it is an animated comedy like Love Story.": "Love Story",
+        "Like Aladdin, it is as sweet as All of Me.": "All of Me",
+        "Like Aladdin, it is animated. Love Story (1970) is not.": "Love Story",
+    }
+    for text, name in planted.items():
+        verdict = checker.check(text, ev)
+        assert name in [m.text for m in verdict.unsupported], (text, verdict.summary())
+
+
+def test_ordinary_words_opening_a_sentence_are_not_names() -> None:
+    checker = FaithfulnessChecker.from_items(AUDIT)
+    ev = evidence_for("1", ["2", "5"])
+    for text in [
+        "Because you watched Aladdin, I'm sure you'll like Toy Story. It is animated.",
+        "Fans of Aladdin tend to enjoy Toy Story. Critics loved both.",
+        "Interestingly, Toy Story shares a lot with Aladdin. I'd watch it tonight.",
+        "Quirky and warm, Toy Story is a natural next step after Aladdin.",
+        "Heartwarming and funny, it is an animated comedy like The Lion King.",
+        "Featuring lovable characters, Toy Story follows Aladdin. Enjoy!",
+        "Families will love Toy Story. Audiences adored it, as they did Aladdin.",
+        "Overall, a great pick. Similarly animated, Toy Story and Aladdin are from the 1990s.",
+        "Heat is what you feel before and after watching Aladdin.",  # an ordinary word
+        "Laughs abound in Toy Story, much like Aladdin. Nostalgic and sweet.",
+        "To Be or Not to Be is no more a comedy than Aladdin. Toy Story is.",  # opens a sentence
+    ]:
+        verdict = checker.check(text, ev)
+        assert verdict.faithful, (text, verdict.summary())
+
+
+def test_ordinary_words_are_common_frequent_inflected_or_derived() -> None:
+    assert all(is_ordinary_word(w) for w in ("because", "im", "heat", "critics", "deeper"))
+    assert all(is_ordinary_word(w) for w in ("directed", "heartwarming", "whimsical"))
+    assert not any(is_ordinary_word(w) for w in ("fargo", "shrek", "inception", "michael"))
+
+
+def test_check_names_judges_items_and_names_but_not_genres_or_free_years() -> None:
+    checker = FaithfulnessChecker.from_items(AUDIT)
+    shown = [FACTS["1"], FACTS["2"]]
+    assert checker.check_names(
+        "Toy Story (1995): a 1980s horror romp, like Aladdin.", shown
+    ).faithful
+    for text, name in [
+        ("Toy Story is great, and so is Fargo.", "Fargo"),
+        ("Toy Story (1994) is great.", "1994"),  # a year written after a title is judged
+        ("Toy Story is great. Inception is better.", "Inception"),
+    ]:
+        verdict = checker.check_names(text, shown)
+        assert [m.text for m in verdict.unsupported] == [name], (text, verdict.summary())

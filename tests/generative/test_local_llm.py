@@ -275,6 +275,7 @@ def test_bad_paths_are_reported_before_loading(tmp_path: Path) -> None:
 
 def test_a_broken_model_folder_is_a_generation_error(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
     llm = TransformersLLM(tmp_path)
     with pytest.raises(GenerationError, match=r"could not load|needs transformers"):
         llm.generate(ask())

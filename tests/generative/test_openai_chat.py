@@ -265,12 +265,15 @@ def test_other_4xx_fail_at_once_with_the_server_message(
     assert len(server.requests) == 1
 
 
-def test_a_hang_times_out_and_is_retried(server: OpenAIServer, chat: OpenAIChat) -> None:
+def test_a_hang_times_out_and_is_retried(server: OpenAIServer) -> None:
     server.fail("hang")
-    start = time.monotonic()
-    out = chat.generate(ask(timeout_s=0.3))  # the request's timeout overrides the client's
+    with OpenAIChat(server.base_url, MODEL, timeout_s=0.3, backoff_s=0.01) as client:
+        start = time.monotonic()
+        out = client.generate(ask())  # the client's timeout_s bounds each attempt
     assert time.monotonic() - start < 2.5  # well short of the 3 s hang
     assert out.text == server.reply and out.metadata["attempts"] == 2
+    # a request's timeout_s is the deadline of the whole call: no retry after it
+    # (tests/generative/test_openai_robustness.py has the details)
 
 
 def test_persistent_hangs_give_up(server: OpenAIServer) -> None:

@@ -383,3 +383,62 @@ def test_quality_config_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("RECLOOP_TOXICITY_THRESHOLD", "2")
     with pytest.raises(ConfigError, match="field 'toxicity_threshold'"):
         QualityConfig.from_env()
+
+
+# ------------------------------------------------------------- what displays, what it repeats
+@pytest.mark.parametrize(
+    "written",
+    [
+        "sh\u200bit",  # zero-width space
+        "sh\u00adit",  # soft hyphen
+        "s\u2060h\u200di\ufefft",  # word joiner, zero-width joiner, byte-order mark
+        "ｓｈｉｔ",  # fullwidth
+        "\U0001d42c\U0001d421\U0001d422\U0001d42d",  # mathematical bold
+        "bull\u2060shit",  # a word joiner is no word break for "bullshit" ...
+        "BULL\u200bSHIT",  # ... nor a zero-width space, read either way
+    ],
+)
+def test_blocklist_sees_through_invisible_and_compatibility_characters(written: str) -> None:
+    text = f"These are the films this group loves, and the {written} they never get to see."
+    found = failed(Blocklist()(piece(description=text)))
+    assert len(found) == 1, found
+    start, end = found[0].span  # type: ignore[misc]
+    assert text[start:end] == written  # the span points into the text as written
+    assert "\u200b" not in found[0].message and "*" in found[0].message
+
+
+def test_blocklist_normalising_keeps_whole_words_and_entries() -> None:
+    clean = piece(description=DESCRIPTION + " Filmed in Scunthorpe; ｓｈｉｔａｋｅ mushrooms.")
+    assert not failed(Blocklist()(clean))
+    check = Blocklist(words=["ｍｅｈ", "soggy\u00ad popcorn"])  # entries are normalised too
+    assert len(failed(check(piece(description="It is meh, like SOGGY\n popcorn. " * 2)))) == 4
+
+
+def test_near_duplicate_compares_items_within_a_kind_and_never_with_the_companion() -> None:
+    collection = piece(items=("m1", "m2", "m5"))
+    concept = piece(
+        kind="concept",
+        title="New Drama idea",
+        description="A brand-new story about lighthouses, storms and a stubborn keeper.",
+        items=("m1", "m2", "m5"),
+        provenance={"companion": collection.content_id},
+    )
+    unknown_kind = CorpusEntry(collection.content_id, collection.text(), collection.items)
+    # the concept cites its own collection's items: not a duplicate of it
+    assert not failed(NearDuplicate([unknown_kind])(concept))
+    # nor of a collection from elsewhere, when the corpus says what kind each piece is
+    other = CorpusEntry(
+        "other", "Other words entirely.", ("m1", "m2", "m5"), "pending", "collection"
+    )
+    assert not failed(NearDuplicate([other])(concept))
+    # the other way round: the collection, re-checked after an edit, against its concept
+    linked = piece(items=("m1", "m2", "m5"), provenance={"companion": concept.content_id})
+    entry = CorpusEntry(concept.content_id, concept.text(), concept.items)
+    assert not failed(NearDuplicate([entry])(linked))
+    # the same kind still counts, and an unknown kind counts as the same
+    fresh = piece(title="Fresh words", description="Nothing alike.", items=("m1", "m2", "m5"))
+    found = failed(NearDuplicate([other, unknown_kind])(fresh))
+    assert [f.field for f in found] == ["items", "items"]
+    # and text is compared across kinds
+    copy = piece(kind="concept", items=("m4",), provenance={"companion": "x"})
+    assert failed(NearDuplicate([unknown_kind])(copy))[0].message.startswith("text ")

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recloop.errors import ConfigError
 from recloop.generative.llm import TemplateGenerator, TextGenerator
+from recloop.generative.openai_chat import MAX_TIMEOUT_S
 
 ENV_PREFIX = "RECLOOP_LLM_"
 SMOLLM2_ALIAS = "smollm2"
@@ -74,7 +75,11 @@ class GeneratorConfig(BaseModel):
         default=None, description="transformers: GGUF file name inside model_path."
     )
     timeout_s: float = Field(
-        default=30.0, gt=0, description="openai: per attempt; transformers: per generation."
+        default=30.0,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="openai: per attempt; transformers: per generation (seconds, finite).",
     )
     max_retries: int = Field(default=2, ge=0, le=10, description="openai: extra attempts.")
     max_tokens: int = Field(default=256, ge=1, description="Cap on tokens per generation.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -158,8 +159,10 @@ class Budget:
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        if self.time_s is not None and not self.time_s > 0:
-            raise ConfigError(f"budget time_s must be positive, not {self.time_s}")
+        if self.time_s is not None and not (self.time_s > 0 and math.isfinite(self.time_s)):
+            raise ConfigError(
+                f"budget time_s must be a positive, finite number of seconds, not {self.time_s}"
+            )
         if self.tokens is not None and self.tokens < 1:
             raise ConfigError(f"budget tokens must be positive, not {self.tokens}")
 
@@ -314,6 +317,8 @@ def _env_number(
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{ENV_PREFIX}{name} must be a {kind.__name__}, not {raw!r}") from None
+    if not math.isfinite(value):  # inf, nan, and 1e400 (which float() makes inf)
+        raise ConfigError(f"{ENV_PREFIX}{name} must be a finite number, not {raw!r}")
     if value < 0:
         raise ConfigError(f"{ENV_PREFIX}{name} must be >= 0, not {raw!r}")
     return value

@@ -189,10 +189,13 @@ def fit_or_load_model(name: str, load: Path | None, data: Any, console: Any) -> 
 
     if load is not None:
         try:
-            saved = json.loads((load / "manifest.json").read_text())["model"]
-        except (OSError, ValueError, KeyError):
-            raise RecloopError(f"--load {load}: not a saved recloop model folder") from None
-        fitted = model_class(str(saved)).load(load)
+            manifest = json.loads((load / "manifest.json").read_text())
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+            manifest = None
+        saved = manifest.get("model") if isinstance(manifest, dict) else None
+        if not isinstance(saved, str) or not saved:
+            raise RecloopError(f"--load {load}: not a saved recloop model folder")
+        fitted = model_class(saved).load(load)
         if getattr(fitted, "n_items_", len(data.interactions.items)) != len(
             data.interactions.items
         ):

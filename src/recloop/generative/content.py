@@ -32,6 +32,7 @@ import importlib.util
 import math
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,6 +45,7 @@ from recloop.errors import ConfigError
 from recloop.eval.segments import head_items
 from recloop.generative.llm import (
     Generation,
+    GenerationError,
     GenerationRequest,
     Message,
     TemplateGenerator,
@@ -182,7 +184,8 @@ def generate_content(
     ``model`` the fitted model whose exposure counts (None: exposure 0); ``blocked`` item ids
     never to choose. Segments are named ``{segment_prefix}-s{segment}`` (default prefix
     ``gaps-{model_version}-n{number of segments}``). Segments smaller than
-    ``min_segment_size`` or with fewer than ``min_items`` eligible items are skipped.
+    ``min_segment_size`` or with fewer than ``min_items`` eligible items are skipped. A
+    generator that fails raises :class:`GenerationError` (nothing is returned half-done).
     """
     cfg = _config(config)
     generator = generator or default_generator()
@@ -270,20 +273,17 @@ def generate_content(
             "tail_boost": cfg.tail_boost,
             "scores": {item_ids[i]: round(float(scores[i]), 4) for i in chosen},
         }
-        pieces.append(
-            _write(
-                "collection",
-                generator,
-                evidence,
-                records,
-                chosen_ids,
-                key,
-                audience,
-                {**base, "selection": selection},
-                cfg,
-            )
+        # a concept cites the collection's first items: each names the other as its
+        # companion, so the near-duplicate check does not compare their item sets
+        concept_id = uuid.uuid4().hex if cfg.concepts else None
+        provenance = {**base, "selection": selection}
+        if concept_id is not None:
+            provenance["companion"] = concept_id
+        collection = _write(
+            "collection", generator, evidence, records, chosen_ids, key, audience, provenance, cfg
         )
-        if cfg.concepts:
+        pieces.append(collection)
+        if concept_id is not None:
             inspirations = chosen_ids[:3]
             concept_evidence = {**evidence, "items": evidence["items"][:3]}
             pieces.append(
@@ -295,8 +295,9 @@ def generate_content(
                     inspirations,
                     key,
                     audience,
-                    base,
+                    {**base, "companion": collection.content_id},
                     cfg,
+                    content_id=concept_id,
                 )
             )
     return pieces
@@ -312,8 +313,14 @@ def _write(
     audience: tuple[str, ...],
     provenance: Mapping[str, Any],
     cfg: ContentConfig,
+    *,
+    content_id: str | None = None,
 ) -> GeneratedPiece:
-    """Ask the generator for one piece and turn its answer into a :class:`GeneratedPiece`."""
+    """Ask the generator for one piece and turn its answer into a :class:`GeneratedPiece`.
+
+    A generator that fails, or answers with something that is not a :class:`Generation`
+    with text, raises :class:`GenerationError` naming the piece (never a bare TypeError).
+    """
     task = "collection" if kind == "collection" else "item_concept"
     version = PROMPT_VERSION if kind == "collection" else CONCEPT_PROMPT_VERSION
     request = GenerationRequest(
@@ -322,12 +329,21 @@ def _write(
         messages=_prompt(kind, evidence, records),
         max_tokens=cfg.max_tokens,
     )
-    generation = generator.generate(request)
+    what = f"the {kind} for segment {segment}"
+    try:
+        generation = generator.generate(request)
+    except GenerationError as exc:
+        raise GenerationError(f"{what}: {exc}") from exc
+    except Exception as exc:  # a backend bug must not surface as a bare TypeError
+        raise GenerationError(f"{what}: the generator failed ({type(exc).__name__})") from exc
+    if not isinstance(generation, Generation) or not isinstance(generation.text, str):
+        raise GenerationError(f"{what}: the generator answered without text")
     title, description = split_title(generation.text)
     titles = {i: records[i].title or i for i in item_ids}
     title, kept_t, rejected_t = resolve_references(title, titles)
     description, kept_d, rejected_d = resolve_references(description, titles)
     return GeneratedPiece(
+        **({"content_id": content_id} if content_id is not None else {}),
         kind=kind,
         segment=segment,
         title=title,
@@ -412,15 +428,22 @@ def resolve_references(text: str, titles: Mapping[str, str]) -> tuple[str, list[
 
 
 def _backend(generation: Generation) -> dict[str, Any]:
+    """The provenance of the text; a backend's odd usage figures become None, not an error."""
     return {
-        "backend": generation.backend,
-        "model": generation.model,
+        "backend": str(generation.backend),
+        "model": str(generation.model),
         "usage": {
-            "prompt_tokens": generation.prompt_tokens,
-            "completion_tokens": generation.completion_tokens,
-            "latency_s": round(float(generation.latency_s), 4),
+            "prompt_tokens": _usage(generation.prompt_tokens),
+            "completion_tokens": _usage(generation.completion_tokens),
+            "latency_s": _usage(generation.latency_s, 4),
         },
     }
+
+
+def _usage(value: Any, digits: int | None = None) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return round(float(value), digits) if digits is not None else value
 
 
 # ------------------------------------------------------------------------------ item choice

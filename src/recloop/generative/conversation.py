@@ -16,8 +16,10 @@ year range, reference items for "like X") and a free-text query (the mood words 
 4. the answer text comes from the generator (the "conversation" template by default), with the
    request as an untrusted block, and is grounded: item references are kept only for the shown
    candidates (:func:`~recloop.generative.safety.constrain_ids`), and a sentence naming
-   anything that looks like a title outside them is dropped, so the answer names only real
-   catalogue items.
+   anything that looks like a title outside them (a catalogue title not shown, an unknown
+   capitalised name, a quoted span, a ``(year)`` after words that are no shown title; read by
+   the :class:`~recloop.generative.faithfulness.FaithfulnessChecker`) is dropped, so the
+   answer names only real catalogue items.
 
 A :class:`Conversation` keeps the turns and the accumulated constraints: a follow-up ("something
 older", "no, funnier") refines the previous turn, and items already shown are not repeated.
@@ -38,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recloop.data.types import Catalog, IdMap, Queries
 from recloop.errors import ConfigError, RecloopError
+from recloop.generative.evidence import ItemFacts
+from recloop.generative.faithfulness import FaithfulnessChecker, Vocabulary
 from recloop.generative.llm import (
     GenerationError,
     GenerationRequest,
@@ -716,13 +720,16 @@ def _negated(tokens: list[str], first: int, genre_tokens: set[int]) -> bool:
 # -------------------------------------------------------------------------- conversation
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One exchange: the (sanitised) message, the constraints in force, what was shown."""
+    """One exchange: the (sanitised) message, the constraints in force, what was shown, and
+    the generated text with what wrote it (``backend``; None in states saved before it was
+    kept)."""
 
     message: str
     constraints: Constraints
     items: tuple[str, ...]
     text: str
     follow_up: bool
+    backend: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -731,6 +738,7 @@ class Turn:
             "items": list(self.items),
             "text": self.text,
             "follow_up": self.follow_up,
+            "backend": self.backend,
         }
 
 
@@ -783,6 +791,9 @@ class Conversation:
             items = raw.get("items", [])
             if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
                 raise ConversationError("turn items must be a list of strings")
+            backend = raw.get("backend")
+            if backend is not None and not isinstance(backend, str):
+                raise ConversationError("turn backend must be a string or null")
             turns.append(
                 Turn(
                     message=str(raw.get("message", "")),
@@ -790,6 +801,7 @@ class Conversation:
                     items=tuple(items),
                     text=str(raw.get("text", "")),
                     follow_up=bool(raw.get("follow_up", False)),
+                    backend=backend,
                 )
             )
         if not all(isinstance(i, str) for i in shown):
@@ -1022,6 +1034,15 @@ class ConversationalRecommender:
             for g in genres:
                 self._genre_matrix[row, self._genre_col[g]] = True
         self._prior: OrderedDict[str, float] = OrderedDict()
+        self._names: FaithfulnessChecker | None = None
+
+    @property
+    def name_checker(self) -> FaithfulnessChecker:
+        """The catalogue's :class:`FaithfulnessChecker` that grounds generated answers (built
+        on first use: a template-only recommender never needs it)."""
+        if self._names is None:
+            self._names = FaithfulnessChecker.from_catalog(self.catalogue)
+        return self._names
 
     def _to_rows(self, model_scores: np.ndarray) -> np.ndarray:
         """Model-space scores as one per catalogue row (NaN where the model lacks the item)."""
@@ -1108,6 +1129,7 @@ class ConversationalRecommender:
             items=tuple(i.item_id for i in items),
             text=answer_text,
             follow_up=follow,
+            backend=backend,
         )
         new_state = state.with_turn(
             turn, max_turns=self.config.max_turns, max_shown=self.config.max_shown
@@ -1329,12 +1351,16 @@ class ConversationalRecommender:
                 notes.append(f"answer from the template: {' '.join(str(exc).split())[:200]}")
             generator = fallback
             generated = fallback.generate(request)
-        text, dropped = ground(generated.text, items, references)
+        if generator is fallback:  # names only the references and the user's own words
+            text, dropped = ground(generated.text, items, references, check_names=False)
+        else:
+            text, dropped = ground(generated.text, items, references, checker=self.name_checker)
         if dropped:
             notes.append(f"dropped {dropped} generated sentence(s) naming non-candidate items")
         if not text and generator is not fallback:
             notes.append("the generated text named no shown item; answer from the template")
-            text, _ = ground(fallback.generate(request).text, items, references)
+            generated = fallback.generate(request)
+            text, _ = ground(generated.text, items, references, check_names=False)
             generator = fallback
         return text, generator.name
 
@@ -1348,23 +1374,36 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- grounding
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _QUOTED = re.compile(r"[\"“”]([^\"“”]{2,120})[\"“”]|\*([^*]{2,120})\*")
-_CAPITALISED_RUN = re.compile(
-    r"\b[A-Z][\w'’:-]*(?:\s+(?:of|the|and|a|an|in|on|to|for|&|[A-Z0-9][\w'’:-]*))*\s+[A-Z0-9][\w'’:-]*"
-)
+_REF = re.compile(r"\[\[([^\[\]]{1,128})\]\]")
+_TITLE_YEAR = re.compile(r"\((?:18[7-9]|19\d|20[0-3])\d\)")
+_NO_VOCABULARY = FaithfulnessChecker(Vocabulary())
 
 
 def ground(
-    text: str, items: Sequence[AnswerItem], references: Sequence[str] = ()
+    text: str,
+    items: Sequence[AnswerItem],
+    references: Sequence[str] = (),
+    *,
+    checker: FaithfulnessChecker | None = None,
+    check_names: bool = True,
 ) -> tuple[str, int]:
     """Generated text made safe to show: (text, sentences dropped).
 
-    Item references ``[[id]]`` outside ``items`` drop their sentence, as does a quoted or
-    title-cased span that is not part of a shown item's title or of a reference title the
-    user named (an invented or off-list title); the kept references become the items'
-    titles. Empty when there are items and no kept sentence names one.
+    Item references ``[[id]]`` outside ``items`` drop their sentence; so does a sentence that
+    names anything else (``checker.check_names`` with the shown items and the reference titles
+    the user named as the allowed items): a catalogue title not shown, a capitalised name that
+    is no part of their titles (one word too: "also adore Inception"), a quoted span, or a
+    ``(year)`` after words that end no shown title ("the matrix reloaded (2003)"). ``checker``
+    is the catalogue's (None: one that knows only the shown items, so any other capitalised
+    name counts as unknown); ``check_names=False`` checks references only (for the template,
+    which names nothing else). The kept references become the items' titles. Empty when there
+    are items and no kept sentence names one.
     """
     allowed = {it.item_id: it.title for it in items}
-    known = [_loose(t) for t in (*allowed.values(), *references)]
+    titles = [*allowed.values(), *references]
+    facts = _facts(titles)
+    known = [_loose(t) for t in titles] + [_loose(f.name) for f in facts]  # and without year
+    names = checker if checker is not None else _NO_VOCABULARY
     kept: list[str] = []
     dropped = 0
     mentions = 0
@@ -1375,40 +1414,59 @@ def ground(
         if rejected:
             dropped += 1
             continue
-        bare = re.sub(r"\[\[[^\[\]]*\]\]", " ", sentence)
-        spans = [a or b for a, b in _QUOTED.findall(bare)] + _CAPITALISED_RUN.findall(bare)
-        if any(not _named_ok(span, known) for span in spans):
+        shown = _REF.sub(lambda m: allowed.get(m.group(1).strip(), ""), sentence)
+        if check_names and not _names_ok(sentence, shown, names, facts, known):
             dropped += 1
             continue
         mentions += len(refs)
-        kept.append(
-            re.sub(
-                r"\[\[([^\[\]]{1,128})\]\]",
-                lambda m: allowed.get(m.group(1).strip(), ""),
-                sentence,
-            )
-        )
+        kept.append(shown)
     if items and not mentions:
         return "", dropped
     out = " ".join(" ".join(kept).split())
     return (out[:1999] + "…" if len(out) > 2000 else out), dropped
 
 
+def _facts(titles: Sequence[str]) -> list[ItemFacts]:
+    return [ItemFacts.from_attributes(f"shown {n}", t) for n, t in enumerate(titles)]
+
+
+def _names_ok(
+    sentence: str,
+    shown: str,
+    checker: FaithfulnessChecker,
+    facts: Sequence[ItemFacts],
+    known: Sequence[str],
+) -> bool:
+    """Whether a sentence (as written, and as shown: references replaced by their titles)
+    names nothing but the shown items and the references."""
+    bare = _REF.sub(" ", sentence)
+    if any(not _part_of(a or b, known, opener=True) for a, b in _QUOTED.findall(bare)):
+        return False
+    for mention in checker.check_names(shown, facts).unsupported:
+        if mention.kind != "name" or not _part_of(mention.text, known):
+            return False
+    for match in _TITLE_YEAR.finditer(shown):
+        before = f" {_loose(shown[: match.start()])}"
+        if not any(before.endswith(f" {k}") for k in known if k):
+            return False
+    return True
+
+
 def _loose(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-def _named_ok(span: str, known: Sequence[str]) -> bool:
-    """A title-like span is fine when it is part of a shown title (or drops its first word,
-    a sentence opener such as "Try", and then is)."""
+def _part_of(span: str, known: Sequence[str], *, opener: bool = False) -> bool:
+    """Whether a span is part of a shown or reference title; ``opener``: or is once its first
+    word (a sentence opener such as "Try") goes. One quoted word passes (it names nothing by
+    itself); a capitalised one must be part of a title."""
     words = _loose(span).split()
-    for candidate in (words, words[1:]):
-        phrase = " ".join(candidate)
-        if not phrase:
-            return True
-        if any(f" {phrase} " in f" {k} " for k in known):
-            return True
-    return len(words) <= 1
+    if not words:
+        return True
+    candidates = [words, words[1:]] if opener and len(words) > 1 else [words]
+    if any(f" {' '.join(c)} " in f" {k} " for c in candidates for k in known):
+        return True
+    return opener and len(words) == 1
 
 
 # ------------------------------------------------------------------------------ template

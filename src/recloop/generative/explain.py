@@ -38,6 +38,7 @@ from recloop.generative.llm import (
     generate_many,
     register_template,
 )
+from recloop.generative.openai_chat import DeadlineExceeded
 from recloop.generative.safety import SYSTEM_GUARD, sanitize, untrusted
 
 TASK = "explanation"
@@ -477,8 +478,8 @@ class Explainer:
                 generation = self.generator.generate(
                     self._attempt(evidence, attempts.messages, limits)
                 )
-            except GenerationError:
-                attempts.reason = "error"
+            except GenerationError as exc:
+                attempts.reason = "budget" if _out_of_time(exc, budget) else "error"
                 break
             spent = self._take(attempts, generation, prompt_estimate)
             if budget is not None:
@@ -563,6 +564,14 @@ class _Attempts:
     started: float = field(default_factory=time.perf_counter)
     reason: str | None = None  # why generation stopped early: "budget" or "error"
     result: Explanation | None = None
+
+
+def _out_of_time(exc: GenerationError, budget: Budget | None) -> bool:
+    """Whether a failed generation ran out of the budget's time rather than failing."""
+    if isinstance(exc, DeadlineExceeded):
+        return True
+    seconds = budget.time_left() if budget is not None else None
+    return seconds is not None and seconds <= 0.01
 
 
 def _tokens_of(generation: Generation, prompt_estimate: int) -> int:

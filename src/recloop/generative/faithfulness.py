@@ -13,7 +13,11 @@ horror film" passes when Horror is the recommended item's genre). It checks name
 
 Titles made only of common words or of a single word (``"Heat"``, ``"Before and After"``)
 count as titles only where they read like one: capitalised and not opening a sentence, or
-followed by a ``(year)``, or in quotes. A lower-case "heat" is a word, not a film.
+followed by a ``(year)``, or in quotes. A lower-case "heat" is a word, not a film. A
+capitalised one-word title opening a sentence counts when its word is not an ordinary English
+word (:func:`is_ordinary_word`): "Fargo is ..." names the film, "Heat is ..." may not. So does
+an unknown capitalised word opening a sentence ("Shrek did it first"), and a title-cased run of
+common words inside a sentence ("a comedy like Love Story").
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any, Literal
 
 from recloop.data.types import Catalog
@@ -43,6 +48,10 @@ _SENTENCE_BREAK = re.compile(r"[.!?:;\n•]")
 _OPEN_QUOTES = "\"“‘'*_«"
 _ARTICLES = ("the", "a", "an", "la", "le", "les", "l", "il", "el", "los", "las", "der", "die")
 _NAME_CONNECTORS = frozenset({"de", "del", "der", "van", "von", "da", "di", "du", "le", "la"})
+# lower-case words inside a title-cased title ("All of Me", "Love and Death")
+_TITLE_CONNECTORS = frozenset(
+    {"of", "the", "and", "a", "an", "in", "on", "at", "to", "for", "with", "from", "by", "or"}
+)
 _DECADE_WORDS = {
     "twenties": 1920,
     "thirties": 1930,
@@ -66,9 +75,10 @@ GENRE_ALIASES: dict[str, tuple[str, ...]] = {
     "mystery": ("mysteries",),
     "fantasy": ("fantasies",),
 }
-# Words a text may capitalise without naming anything (sentence openers, headings, pronouns).
-COMMON_WORDS = frozenset(
-    """
+# Words a text may capitalise without naming anything (sentence openers, headings, pronouns),
+# folded like every token (``fold``: "i'm" is "im"). With ``_FREQUENT_WORDS`` (at the end of
+# the module) they are the ordinary words of :func:`is_ordinary_word`.
+_COMMON_TEXT = """
     a about above after again against all also although always am among an and another any
     are around as at away back be because been before being below best between both but by
     can could did do does doing done down during each either enough even ever every few for
@@ -89,8 +99,21 @@ COMMON_WORDS = frozenset(
     because also both so then just right now today tonight next, first second third last other
     model score semantic id ids sid catalogue catalog index prefix tv ok yes dear hi hello
     explanation note source evidence item items pick
-    """.replace(",", " ").split()
-)
+    i'll i'd i've we'll they're they'll you'd he's she's let's what's didn't wasn't aren't
+    couldn't wouldn't shouldn't haven't hasn't
+    furthermore moreover likewise meanwhile afterwards otherwise whoever anyone everyone plus
+    thanks nice superb brilliant fantastic wonderful delightful lovely excellent solid
+    funny quirky clever witty gentle sweet bittersweet tense scary creepy eerie moody stylish
+    sharp bold epic iconic gem poignant intense atmospheric silly goofy offbeat cult charming
+    gripping thrilling hilarious touching heartwarming uplifting stunning timeless memorable
+    unforgettable underrated overlooked beloved acclaimed award awards nominated
+    lovers admirers newcomers teens grownups families audiences critics nostalgia suspense
+    humour humor soundtrack cinematography dialogue pacing cast plot plots sequel sequels
+    director directors actor actors actress performances twist twists ending endings
+    revisit rewatch grab unlike laugh laughs laughter nostalgic whimsical magical playful
+    cheerful dreamy gritty grim gory violent tender heartfelt spooky zany wacky campy breezy
+    cosy cozy twisty slick joyful sadly oddly
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +164,42 @@ def fold(text: str) -> str:
 def phrase_key(text: str) -> tuple[str, ...]:
     """The folded tokens of ``text`` (``&`` reads as "and")."""
     return tuple(fold(t) for t in _TOKEN.findall(text))
+
+
+COMMON_WORDS = frozenset(fold(w) for w in _COMMON_TEXT.replace(",", " ").split())
+_INFLECTIONS = (
+    ("ies", ("y",)),
+    ("ied", ("y",)),
+    ("ily", ("y",)),
+    ("es", ("", "e")),
+    ("s", ("",)),
+    ("ed", ("", "e")),
+    ("ing", ("", "e")),
+    ("ly", ("", "le")),
+    ("er", ("", "e")),
+    ("est", ("", "e")),
+)
+_DERIVED = ("ly", "ing", "ed", "ful", "ous", "less", "able", "ible", "ive", "ness", "ment", "ical")
+
+
+def is_ordinary_word(key: str) -> bool:
+    """Whether the folded word ``key`` is an ordinary English word, one that may open a
+    sentence without naming anything: a common word, one of the frequent English words (or
+    an inflection of one: "critics", "directed", "deeper"), or a long adverb, participle or
+    derived adjective ("heartwarming", "interestingly"). "fargo", "shrek" and "inception" are
+    not; "heat" is."""
+    if key in COMMON_WORDS or key in _FREQUENT_WORDS:
+        return True
+    for suffix, endings in _INFLECTIONS:
+        stem = key[: -len(suffix)]
+        if not key.endswith(suffix) or len(stem) < 3:
+            continue
+        stems = [stem + ending for ending in endings]
+        if stem[-1] == stem[-2]:  # "stopped", "bigger"
+            stems.append(stem[:-1])
+        if any(s in COMMON_WORDS or s in _FREQUENT_WORDS for s in stems):
+            return True
+    return len(key) >= 7 and key.endswith(_DERIVED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,16 +339,20 @@ class FaithfulnessChecker:
         """The verdict on ``text`` against ``evidence`` (an :class:`Evidence` or its dict)."""
         ev = evidence if isinstance(evidence, Evidence) else Evidence.from_dict(evidence)
         found = self.mentions(text, ev)
-        support = _Support.of(ev)
-        readings: dict[tuple[int, int], list[Mention]] = {}
-        for mention in found:
-            readings.setdefault((mention.start, mention.end), []).append(mention)
-        # a phrase with several readings ("Kids": a film, or the Children's genre) is
-        # supported when one of them is
-        unsupported = tuple(
-            group[0] for group in readings.values() if not any(support.allows(m) for m in group)
-        )
-        return Verdict(not unsupported, tuple(found), unsupported)
+        return _verdict(found, _Support.of(ev.items, ev.source), judge_all=True)
+
+    def check_names(self, text: str, items: Iterable[ItemFacts], *, source: str = "") -> Verdict:
+        """The verdict on the items and names ``text`` mentions, against ``items`` only.
+
+        As :meth:`check` with ``items`` as the evidence, but genres, decades and years not
+        written after a title are not judged: for a text that may speak of any genre or period
+        but must name no item (nor person, nor unknown name) outside ``items``, such as a
+        conversation's answer.
+        """
+        shown = tuple(items)
+        overlay = Vocabulary.from_items(shown)
+        found = self._scan(text, overlay, set(phrase_key(source)))
+        return _verdict(found, _Support.of(shown, source), judge_all=False)
 
     # -- scanning ------------------------------------------------------------------
     def _scan(self, text: str, overlay: Vocabulary, allowed_words: set[str]) -> list[Mention]:
@@ -357,6 +420,24 @@ class FaithfulnessChecker:
         return None
 
 
+def _verdict(found: list[Mention], support: _Support, *, judge_all: bool) -> Verdict:
+    readings: dict[tuple[int, int], list[Mention]] = {}
+    for mention in found:
+        readings.setdefault((mention.start, mention.end), []).append(mention)
+
+    def fine(m: Mention) -> bool:
+        if not judge_all and (
+            m.kind in ("genre", "decade") or (m.kind == "year" and "@" not in m.value)
+        ):
+            return True
+        return support.allows(m)
+
+    # a phrase with several readings ("Kids": a film, or the Children's genre) is supported
+    # when one of them is
+    unsupported = tuple(group[0] for group in readings.values() if not any(map(fine, group)))
+    return Verdict(not unsupported, tuple(found), unsupported)
+
+
 def _one_per_kind(entries: list[_Entry]) -> list[_Entry]:
     """Entries of one phrase, one per (kind, value); a phrase may name several items."""
     return list({(e.kind, e.value): e for e in entries}.values())
@@ -394,16 +475,25 @@ def _reads_as_name(
     if before and before in _OPEN_QUOTES:
         return True
     first = tokens[i]
-    if not first.raw[:1].isupper() or first.sentence_start:
+    if not first.raw[:1].isupper():
         return False
     following = tokens[i + length] if i + length < len(tokens) else None
     # "Michael Caine" is a person, not the film "Michael" followed by a word
-    return not (
+    if (
         length == 1
         and following is not None
         and following.raw[:1].isupper()
         and not following.sentence_start
         and text[first.end : following.start].strip() == ""
+    ):
+        return False
+    if not first.sentence_start:
+        return True
+    # opening a sentence, where every word is capitalised: "Fargo is ..." (or "The Birdcage
+    # is ...") names the film, "Heat is ..." is read as the word
+    content = tokens[i + 1 : i + length] if length > 1 and first.key in _ARTICLES else [first]
+    return (
+        len(content) == 1 and content[0].raw[:1].isupper() and not is_ordinary_word(content[0].key)
     )
 
 
@@ -430,8 +520,10 @@ def _unknown_names(
 ) -> list[Mention]:
     """Runs of capitalised words that matched nothing: a person, studio or film not known.
 
-    A run of two or more words is reported wherever it stands; a single word only when it
-    does not open a sentence (where any word is capitalised).
+    A run of two or more words is reported wherever it stands; a single word when it does not
+    open a sentence (where any word is capitalised) or, opening one, is not an ordinary word
+    ("Shrek did it first", but not "Because ...") or is followed by a year ("Heat (1995)"). A
+    title-cased run of common words inside a sentence ("like Love Story") is reported too.
     """
 
     def candidate(j: int) -> bool:
@@ -455,6 +547,7 @@ def _unknown_names(
         return bridge and k + 1 < len(tokens) and candidate(k + 1)
 
     out = []
+    reported = list(covered)
     j = 0
     while j < len(tokens):
         if not candidate(j):
@@ -463,10 +556,59 @@ def _unknown_names(
         k = j + 1
         while k < len(tokens) and joins(k):
             k += 1
-        if k - j >= 2 or not tokens[j].sentence_start:
-            start, end = tokens[j].start, tokens[k - 1].end
+        first = tokens[j]
+        if (
+            k - j >= 2
+            or not first.sentence_start
+            or not is_ordinary_word(first.key)
+            or _year_after(text, tokens, k) is not None  # "Heat (1995) is ..."
+        ):
+            start, end = first.start, tokens[k - 1].end
             out.append(Mention("name", text[start:end], fold(text[start:end]), start, end))
+            reported[j:k] = [True] * (k - j)
         j = k
+    out.extend(_title_cased_runs(text, tokens, reported, allowed_words))
+    return out
+
+
+def _title_cased_runs(
+    text: str, tokens: list[_Token], reported: list[bool], allowed_words: set[str]
+) -> list[Mention]:
+    """Runs of two or more title-cased words inside a sentence that matched nothing, such as
+    an unknown title made of common words ("a comedy like Love Story"); connectors such as
+    "of" and "the" may join them in lower case. "I" and all-capital words do not count."""
+
+    def title_cased(j: int) -> bool:
+        token = tokens[j]
+        return (
+            not reported[j]
+            and token.raw[:1].isupper()
+            and not (len(token.raw) > 1 and token.raw.isupper())
+            and not token.raw.startswith(("I'", "I’"))
+            and token.raw != "I"
+            and token.key not in allowed_words
+        )
+
+    out = []
+    j = 0
+    while j < len(tokens):
+        if not title_cased(j):
+            j += 1
+            continue
+        k, last = j + 1, j
+        while k < len(tokens) and not tokens[k].sentence_start and not reported[k]:
+            if title_cased(k):
+                last = k
+            elif tokens[k].key not in _TITLE_CONNECTORS:
+                break
+            k += 1
+        # a run that opens a sentence is not judged ("To Be or Not to Be is ..."), unless a
+        # year follows it ("Love Story (1970) is ...")
+        opens = tokens[j].sentence_start and _year_after(text, tokens, last + 1) is None
+        if last > j and not opens:
+            start, end = tokens[j].start, tokens[last].end
+            out.append(Mention("name", text[start:end], fold(text[start:end]), start, end))
+        j = last + 1
     return out
 
 
@@ -484,8 +626,7 @@ class _Support:
     words: frozenset[str]
 
     @classmethod
-    def of(cls, evidence: Evidence) -> _Support:
-        items = evidence.items
+    def of(cls, items: tuple[ItemFacts, ...], source: str) -> _Support:
         years = {f.year for f in items if f.year is not None}
         return cls(
             titles=frozenset(title_key(f.title) for f in items),
@@ -496,7 +637,7 @@ class _Support:
             values=frozenset(
                 " ".join(phrase_key(v)) for f in items for _, v in f.attribute_values()
             ),
-            words=frozenset(phrase_key(evidence.source)),
+            words=frozenset(phrase_key(source)),
         )
 
     def allows(self, mention: Mention) -> bool:
@@ -523,3 +664,21 @@ class _Support:
         if known:  # "Title (year)": the year must be that title's
             return any((key, year) in self.title_years for key in known)
         return year in self.years
+
+
+# ---------------------------------------------------------------------------- frequent words
+FREQUENT_WORDS = "frequent_words.txt"
+# About 2,400 of the most frequent English words, for :func:`is_ordinary_word`, in the package
+# file ``frequent_words.txt``: the first 3,000 lower-case whole-word tokens (three letters or
+# more) of SmolLM2's cased byte-level BPE vocabulary, in merge order (roughly frequency order),
+# less the fragments ("wor", "includ") that all-MiniLM-L6-v2's WordPiece vocabulary does not
+# hold as words. A word used mostly as a name ("Fargo", "Michael") is rarely a lower-case
+# token, so it is not there; a film called by an ordinary word ("Heat", "Speed") is.
+_FREQUENT_WORDS = frozenset(
+    line.strip()
+    for line in resources.files("recloop.generative")
+    .joinpath(FREQUENT_WORDS)
+    .read_text()
+    .splitlines()
+    if line.strip() and not line.startswith("#")
+)

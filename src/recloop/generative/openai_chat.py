@@ -4,15 +4,21 @@
 client. It retries, with exponential back-off and jitter, on connection errors, timeouts, HTTP
 429 and 5xx (a ``Retry-After`` header sets the wait), and fails at once on any other 4xx with
 a :class:`~recloop.generative.llm.GenerationError` naming the status and the server's message.
-``stream`` yields the text as it arrives (server-sent events). Token counts come from the
-server's ``usage`` block; a server that omits it gets an estimate, and ``Generation.metadata``
-says which (``usage_source``: ``"server"`` or ``"estimated"``). The instance keeps running
-totals (``requests``, ``retries``, ``errors``, ``prompt_tokens``, ``completion_tokens``).
+``stream`` yields the text as it arrives (server-sent events). A request's ``timeout_s`` is
+the deadline of the whole call, retries and waits included; running out of it raises
+:class:`DeadlineExceeded`. Token counts come from the server's ``usage`` block; a server that
+omits it gets an estimate, and ``Generation.metadata`` says which (``usage_source``:
+``"server"`` or ``"estimated"``). An answer that is JSON but not of the documented shape (a
+``content`` that is not text, a ``usage`` count that is not a number, ...) is a
+:class:`GenerationError`, never another exception. The instance keeps running totals
+(``requests``, ``retries``, ``errors``, ``prompt_tokens``, ``completion_tokens``).
 
 The API key is read from a named environment variable, sent only in the ``Authorization``
 header, and never logged or shown in ``repr``. ``hosted`` is False only when the base URL is a
 loopback address or ``localhost``: every other server counts as text leaving this machine
-(see :func:`~recloop.generative.llm.check_consent`).
+(see :func:`~recloop.generative.llm.check_consent`). A loopback server is contacted directly:
+proxy variables (``HTTP_PROXY``, ``ALL_PROXY``, ...) are ignored for it, so a prompt that counts
+as staying on this machine does.
 
 ``score`` needs the legacy ``/completions`` endpoint with ``echo`` and prompt log-probabilities
 (vLLM has it; hosted chat APIs and, at the time of writing, llama.cpp's server do not); other
@@ -25,6 +31,7 @@ import email.utils
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -41,7 +48,18 @@ from recloop.generative.llm import Generation, GenerationError, GenerationReques
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})  # plus any other 5xx
+MAX_TIMEOUT_S = 86_400.0  # one day; far longer waits overflow the platform's socket timeouts
 _TOKEN_ESTIMATE = re.compile(r"\w+|[^\w\s]")
+
+
+class BackendUnavailable(GenerationError):
+    """The server could not be reached, did not answer in time, or stayed overloaded (HTTP
+    429 or 5xx) until no retry was left: a failure on the backend's side, not the caller's."""
+
+
+class DeadlineExceeded(BackendUnavailable):
+    """The request's ``timeout_s``, the deadline of the whole call, ran out (or would have
+    before the next attempt could start). Callers spending a budget label this ``budget``."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -81,9 +99,11 @@ class OpenAIChat:
     ``http://localhost:11434/v1`` (Ollama), ``http://localhost:8000/v1`` (vLLM),
     ``http://localhost:8080/v1`` (llama.cpp) or ``https://api.openai.com/v1``.
     ``api_key_env`` names the environment variable holding the key (read once, here); a named
-    variable that is unset or empty is an error. ``timeout_s`` bounds each attempt's connect,
-    read and write waits (a request's own ``timeout_s`` overrides it); ``max_retries`` is the
-    number of extra attempts after the first; the back-off before retry *n* is
+    variable that is unset or empty is an error. ``timeout_s`` bounds each attempt, from
+    connecting to the answer's last byte (for streams: each wait for more bytes); a request's
+    own ``timeout_s`` is the deadline of the whole call, retries and back-off included, and
+    cuts the attempts to the time left. ``max_retries`` is the number of extra attempts after
+    the first; the back-off before retry *n* is
     ``backoff_s * 2**(n-1)``, capped at ``max_backoff_s``, times a random factor in [0.5, 1).
     A ``Retry-After`` longer than ``max_retry_after_s`` ends the call instead of waiting.
     ``max_tokens`` caps every request's ``max_tokens``; ``stream_usage`` asks streaming servers
@@ -115,8 +135,11 @@ class OpenAIChat:
             raise GenerationError(f"base_url must be an http(s) URL, not {base_url!r}")
         if not model:
             raise GenerationError("model must name the server's model (e.g. 'llama3.2:1b')")
-        if timeout_s <= 0:
-            raise GenerationError(f"timeout_s must be positive, not {timeout_s}")
+        if not 0 < timeout_s <= MAX_TIMEOUT_S:  # also refuses inf and nan
+            raise GenerationError(
+                f"timeout_s must be a positive number of seconds up to {MAX_TIMEOUT_S:g}, "
+                f"not {timeout_s}"
+            )
         if max_retries < 0:
             raise GenerationError(f"max_retries must be 0 or more, not {max_retries}")
         self.base_url = base_url.rstrip("/")
@@ -150,8 +173,13 @@ class OpenAIChat:
                     "the environment variable that holds the key, not the key itself)"
                 )
             sent_headers["Authorization"] = f"Bearer {key}"
+        # trust_env=False for a loopback server: HTTP_PROXY and friends would otherwise send
+        # a prompt that counts as local (hosted=False, no consent needed) through a proxy
         self._client = httpx.Client(
-            base_url=self.base_url + "/", headers=sent_headers, timeout=self.timeout_s
+            base_url=self.base_url + "/",
+            headers=sent_headers,
+            timeout=self.timeout_s,
+            trust_env=self.hosted,
         )
 
     def __repr__(self) -> str:
@@ -189,18 +217,24 @@ class OpenAIChat:
         start = time.perf_counter()
         response, attempts = self._post("chat/completions", body, request.timeout_s)
         payload = self._json(response, "chat/completions")
-        try:
-            choice = payload["choices"][0]
-            text = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason") or "stop"
-        except (KeyError, IndexError, TypeError, AttributeError):
-            self._count_error()
-            raise GenerationError(
-                f"{self.base_url}/chat/completions answered without choices[0].message: "
-                f"{_short(json.dumps(payload))}"
-            ) from None
+        where = f"{self.base_url}/chat/completions"
+        choices = payload.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        if not isinstance(choice, Mapping) or not isinstance(message, Mapping):
+            raise self._malformed(
+                f"{where} answered without choices[0].message: {_short(json.dumps(payload))}"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise self._malformed(
+                f"{where} answered with a choices[0].message.content that is "
+                f"{_kind(content)}, not text: {_short(json.dumps(content))}"
+            )
+        text = content or ""
+        finish = choice.get("finish_reason") or "stop"
         prompt_tokens, completion_tokens, source = self._usage(
-            payload.get("usage"), request.messages, estimate_tokens(text)
+            payload.get("usage"), request.messages, estimate_tokens(text), where
         )
         return Generation(
             text=text,
@@ -225,21 +259,23 @@ class OpenAIChat:
         """The completion's text piece by piece, as the server sends it.
 
         Failures before the first piece are retried like :meth:`generate`; a failure after it
-        raises :class:`GenerationError` (the caller already holds part of the text).
-        ``on_complete`` receives the whole :class:`Generation` (text, tokens, latency) once the
-        server sends ``[DONE]``; the counters are updated then.
+        raises :class:`GenerationError` (the caller already holds part of the text). The
+        request's ``timeout_s`` is the deadline of the whole stream: past it,
+        :class:`DeadlineExceeded`. ``on_complete`` receives the whole :class:`Generation`
+        (text, tokens, latency) once the server sends ``[DONE]``; the counters are updated then.
         """
         body = self._chat_body(request, stream=True)
-        timeout = self._timeout(request.timeout_s)
+        deadline = self._deadline(request.timeout_s)
         where = f"{self.base_url}/chat/completions"
         start = time.perf_counter()
         pieces: list[str] = []
-        usage: Mapping[str, Any] | None = None
+        usage: object = None
         finish = "stop"
         server_model = None
         attempt = 0
         while True:
             attempt += 1
+            timeout = httpx.Timeout(self._attempt_s(deadline, where, attempt))
             self._count_request(retry=attempt > 1)
             try:
                 with self._client.stream(
@@ -247,7 +283,7 @@ class OpenAIChat:
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
-                        delay = self._failure(response, attempt, "chat/completions")
+                        delay = self._failure(response, attempt, "chat/completions", deadline)
                     else:
                         for data in _sse_data(response):
                             if data == "[DONE]":
@@ -255,25 +291,30 @@ class OpenAIChat:
                             chunk = self._event(data, where)
                             server_model = chunk.get("model", server_model)
                             usage = chunk.get("usage") or usage
-                            for choice in chunk.get("choices") or []:
-                                piece = (choice.get("delta") or {}).get("content")
+                            for piece, reason in self._deltas(chunk, where):
                                 if piece:
                                     pieces.append(piece)
                                     yield piece
-                                if choice.get("finish_reason"):
-                                    finish = str(choice["finish_reason"])
+                                if reason:
+                                    finish = reason
+                            if deadline is not None and time.monotonic() > deadline:
+                                raise self._out_of_time(where, f"after {len(pieces)} piece(s)")
                         break
             except httpx.TransportError as exc:  # timeouts, refused and dropped connections
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._out_of_time(where, f"after {len(pieces)} piece(s)") from None
                 if pieces:
                     self._count_error()
                     raise GenerationError(
                         f"{where}: the stream broke off after {len(pieces)} piece(s) "
                         f"({type(exc).__name__}: {exc or 'no detail'})"
                     ) from None
-                delay = self._transport_failure(exc, attempt, "chat/completions")
+                delay = self._transport_failure(exc, attempt, "chat/completions", deadline)
             self._sleep(delay)
         text = "".join(pieces)
-        prompt_tokens, completion_tokens, source = self._usage(usage, request.messages, len(pieces))
+        prompt_tokens, completion_tokens, source = self._usage(
+            usage, request.messages, len(pieces), where
+        )
         if on_complete is not None:
             on_complete(
                 Generation(
@@ -334,38 +375,62 @@ class OpenAIChat:
             raise
         payload = self._json(response, "completions")
         choices = payload.get("choices")
-        if not isinstance(choices, list) or len(choices) != len(texts):
-            self._count_error()
-            raise GenerationError(f"{refusal}; {self.base_url} sent {_short(json.dumps(payload))}")
-        ordered = sorted(choices, key=lambda c: int(c.get("index", 0)))
+        if (
+            not isinstance(choices, list)
+            or len(choices) != len(texts)
+            or not all(isinstance(c, Mapping) for c in choices)
+        ):
+            raise self._malformed(f"{refusal}; {self.base_url} sent {_short(json.dumps(payload))}")
+        by_index = {_whole(c.get("index", n)): c for n, c in enumerate(choices)}
+        if set(by_index) != set(range(len(texts))):
+            raise self._malformed(
+                f"{refusal}; {self.base_url} sent choices whose index values are not "
+                f"0 to {len(texts) - 1}: {_short(json.dumps([c.get('index') for c in choices]))}"
+            )
+        ordered = [by_index[n] for n in range(len(texts))]
         scores: list[float] = []
         for choice, text, (lo, hi) in zip(ordered, texts, spans, strict=True):
             logprobs = choice.get("logprobs") or {}
-            offsets = logprobs.get("text_offset")
-            values = logprobs.get("token_logprobs")
-            echoed = str(choice.get("text", "")).startswith(text)
-            if not echoed or not offsets or not values or len(offsets) != len(values):
-                self._count_error()
-                raise GenerationError(
+            offsets = logprobs.get("text_offset") if isinstance(logprobs, Mapping) else None
+            values = logprobs.get("token_logprobs") if isinstance(logprobs, Mapping) else None
+            echoed = isinstance(choice.get("text"), str) and choice["text"].startswith(text)
+            if (
+                not echoed
+                or not isinstance(offsets, list)
+                or not isinstance(values, list)
+                or not offsets
+                or len(offsets) != len(values)
+            ):
+                raise self._malformed(
                     f"{refusal}; {self.base_url} did not echo the prompt's log-probabilities"
                 )
             total = 0.0
             counted = 0
             for offset, value in zip(offsets, values, strict=True):
-                if lo <= int(offset) < hi and value is not None:
+                start_at = _whole(offset)
+                if start_at is None or not (value is None or _number(value)):
+                    raise self._malformed(
+                        f"{refusal}; {self.base_url} sent a text_offset or token_logprob that "
+                        f"is not a number: {_short(json.dumps([offset, value]))}"
+                    )
+                if lo <= start_at < hi and value is not None:
                     total += float(value)
                     counted += 1
             if hi > lo and counted == 0:
-                self._count_error()
-                raise GenerationError(
+                raise self._malformed(
                     f"{refusal}; {self.base_url} returned no log-probabilities for the "
                     "continuation's tokens"
                 )
             scores.append(total)
-        usage = payload.get("usage") or {}
+        usage = payload.get("usage")
+        where = f"{self.base_url}/completions"
+        prompt_tokens = completion_tokens = 0
+        if isinstance(usage, Mapping):
+            prompt_tokens = self._token_count(usage, "prompt_tokens", where)
+            completion_tokens = self._token_count(usage, "completion_tokens", where)
         with self._lock:
-            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
         return scores
 
     # -- internals ---------------------------------------------------------------------------
@@ -389,39 +454,96 @@ class OpenAIChat:
             body["stream_options"] = {"include_usage": True}
         return body
 
-    def _timeout(self, timeout_s: float | None) -> httpx.Timeout:
-        return httpx.Timeout(timeout_s if timeout_s is not None else self.timeout_s)
+    def _deadline(self, timeout_s: float | None) -> float | None:
+        """The ``time.monotonic()`` by which a call with the request's ``timeout_s`` ends."""
+        if timeout_s is None:
+            return None
+        if not math.isfinite(timeout_s):
+            raise GenerationError(
+                f"the request's timeout_s must be a finite number of seconds, not {timeout_s}"
+            )
+        return time.monotonic() + timeout_s
+
+    def _attempt_s(self, deadline: float | None, where: str, attempt: int) -> float:
+        """The seconds the next attempt may take: ``timeout_s``, cut to the time left."""
+        if deadline is None:
+            return self.timeout_s
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._out_of_time(where, f"before attempt {attempt}")
+        return min(self.timeout_s, left)
+
+    def _out_of_time(self, where: str, when: str) -> DeadlineExceeded:
+        self._count_error()
+        return DeadlineExceeded(f"{where}: the request's timeout_s ran out {when}")
 
     def _post(
         self, path: str, body: Mapping[str, Any], timeout_s: float | None
     ) -> tuple[httpx.Response, int]:
-        """POST with retries; the successful response and how many attempts it took."""
-        timeout = self._timeout(timeout_s)
+        """POST with retries; the successful response and how many attempts it took.
+
+        ``timeout_s`` (the request's) is the deadline of the whole call: no attempt, wait or
+        read goes past it."""
+        deadline = self._deadline(timeout_s)
+        where = f"{self.base_url}/{path}"
         attempt = 0
         while True:
             attempt += 1
+            seconds = self._attempt_s(deadline, where, attempt)
             self._count_request(retry=attempt > 1)
             try:
-                response = self._client.post(path, json=body, timeout=timeout)
+                response = self._send(path, body, seconds)
             except httpx.TransportError as exc:
-                self._sleep(self._transport_failure(exc, attempt, path))
+                self._sleep(self._transport_failure(exc, attempt, path, deadline))
                 continue
             if response.status_code < 400:
                 return response, attempt
-            self._sleep(self._failure(response, attempt, path))
+            self._sleep(self._failure(response, attempt, path, deadline))
 
-    def _transport_failure(self, exc: httpx.TransportError, attempt: int, path: str) -> float:
+    def _send(self, path: str, body: Mapping[str, Any], seconds: float) -> httpx.Response:
+        """One POST that takes at most ``seconds`` from connecting to the answer's last byte.
+
+        httpx's timeouts bound each wait, not the total, so a server trickling its answer
+        a byte at a time would never time out: the body is read in pieces and the clock
+        checked after each (it can overrun by at most one read wait)."""
+        ends = time.monotonic() + seconds
+        timeout = httpx.Timeout(seconds)
+        with self._client.stream("POST", path, json=body, timeout=timeout) as response:
+            raw = bytearray()
+            for piece in response.iter_raw():
+                raw += piece
+                if time.monotonic() > ends:
+                    raise httpx.ReadTimeout(
+                        f"the answer was still arriving after {seconds:.3g} s",
+                        request=response.request,
+                    )
+            return httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                content=bytes(raw),
+                request=response.request,
+            )
+
+    def _transport_failure(
+        self, exc: httpx.TransportError, attempt: int, path: str, deadline: float | None
+    ) -> float:
         """The wait before the next attempt after ``exc``, or raise when none is left."""
         kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "could not be reached"
         what = f"{self.base_url}/{path} {kind} ({type(exc).__name__}: {exc or 'no detail'})"
+        if deadline is not None and time.monotonic() >= deadline:
+            where = f"{self.base_url}/{path}"
+            raise self._out_of_time(where, f"after {attempt} attempt(s)") from None
         if attempt > self.max_retries:
             self._count_error()
-            raise GenerationError(f"{what}; gave up after {attempt} attempt(s)") from None
+            raise BackendUnavailable(f"{what}; gave up after {attempt} attempt(s)") from None
         delay = self._backoff(attempt)
+        self._check_wait(what, delay, deadline)
         log.warning("%s; retry %d/%d in %.2f s", what, attempt, self.max_retries, delay)
         return delay
 
-    def _failure(self, response: httpx.Response, attempt: int, path: str) -> float:
+    def _failure(
+        self, response: httpx.Response, attempt: int, path: str, deadline: float | None
+    ) -> float:
         """The wait before retrying an HTTP error, or raise when it is final."""
         status = response.status_code
         message = _error_message_of(response)
@@ -453,8 +575,21 @@ class OpenAIChat:
                     status,
                 )
             delay = retry_after
+        self._check_wait(what, delay, deadline)
         log.warning("%s; retry %d/%d in %.2f s", what, attempt, self.max_retries, delay)
         return delay
+
+    def _check_wait(self, what: str, delay: float, deadline: float | None) -> None:
+        """Raise :class:`DeadlineExceeded` when waiting ``delay`` s would pass the deadline."""
+        if deadline is None:
+            return
+        left = deadline - time.monotonic()
+        if delay >= left:
+            self._count_error()
+            raise DeadlineExceeded(
+                f"{what}; the request's timeout_s leaves {max(left, 0.0):.2f} s, too little to "
+                f"wait {delay:.2f} s and try again"
+            )
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
@@ -488,12 +623,28 @@ class OpenAIChat:
             raise GenerationError(f"{where} failed mid-stream: {_error_message(chunk)}")
         return chunk
 
+    def _deltas(self, chunk: Mapping[str, Any], where: str) -> Iterator[tuple[str, str]]:
+        """``(text piece, finish reason)`` of each choice in one stream event ('' for none)."""
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise self._malformed(f"{where}: a stream event's choices is {_kind(choices)}")
+        for choice in choices:
+            delta = (choice.get("delta") or {}) if isinstance(choice, Mapping) else None
+            piece = delta.get("content") if isinstance(delta, Mapping) else None
+            if not isinstance(delta, Mapping) or not (piece is None or isinstance(piece, str)):
+                raise self._malformed(
+                    f"{where}: a stream event is not a chat.completion.chunk with text "
+                    f"deltas: {_short(json.dumps(chunk))}"
+                )
+            reason = choice.get("finish_reason")
+            yield piece or "", str(reason) if reason else ""
+
     def _usage(
-        self, usage: object, messages: Sequence[Message], completion_estimate: int
+        self, usage: object, messages: Sequence[Message], completion_estimate: int, where: str
     ) -> tuple[int, int, str]:
         if isinstance(usage, Mapping) and usage.get("completion_tokens") is not None:
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            completion_tokens = int(usage["completion_tokens"])
+            prompt_tokens = self._token_count(usage, "prompt_tokens", where)
+            completion_tokens = self._token_count(usage, "completion_tokens", where)
             source = "server"
         else:
             prompt_tokens = sum(estimate_tokens(m.content) for m in messages)
@@ -503,6 +654,24 @@ class OpenAIChat:
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
         return prompt_tokens, completion_tokens, source
+
+    def _token_count(self, usage: Mapping[str, Any], name: str, where: str) -> int:
+        """``usage[name]`` as a token count: missing is 0, negative is clamped to 0, and
+        anything but a number is a :class:`GenerationError`."""
+        value = usage.get(name)
+        if value is None:
+            return 0
+        if not _number(value) or not math.isfinite(value):
+            raise self._malformed(
+                f"{where} answered with usage.{name} {_short(json.dumps(value))}, not a number "
+                "of tokens"
+            )
+        return max(0, int(value))
+
+    def _malformed(self, message: str) -> GenerationError:
+        """A :class:`GenerationError` for an answer that is JSON but not of the right shape."""
+        self._count_error()
+        return GenerationError(message)
 
     def _count_request(self, *, retry: bool) -> None:
         with self._lock:
@@ -520,10 +689,40 @@ class _StatusError(GenerationError):
     status: int
 
 
+class _UnavailableStatusError(_StatusError, BackendUnavailable):
+    """HTTP 429 or 5xx with no retry left: the server is overloaded or broken."""
+
+
 def _status_error(message: str, status: int) -> GenerationError:
-    err = _StatusError(message)
+    retryable = status in RETRY_STATUSES or status >= 500
+    err = _UnavailableStatusError(message) if retryable else _StatusError(message)
     err.status = status
     return err
+
+
+def _number(value: object) -> bool:
+    """Whether ``value`` is a JSON number (``bool`` is not, although Python says so)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> int | None:
+    """``value`` as an ``int`` when it is a whole JSON number, else None."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _kind(value: object) -> str:
+    """How a JSON value is described in an error message ("a list", "a number", ...)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if _number(value):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string" if isinstance(value, str) else "null"
 
 
 def _sse_data(response: httpx.Response) -> Iterator[str]:

@@ -230,7 +230,14 @@ def read_word_list(path: str | os.PathLike[str] | None = None) -> list[str]:
 
 
 class Blocklist:
-    """Flags whole-word, case-insensitive matches of a word list; phrases may span whitespace."""
+    """Flags whole-word, case-insensitive matches of a word list; phrases may span whitespace.
+
+    Text is matched as it displays: on an NFKC-normalised copy (fullwidth ``ｓｈｉｔ`` and
+    mathematical ``𝐬𝐡𝐢𝐭`` read as ``shit``) with the invisible format characters (Unicode
+    category Cf: zero-width space, soft hyphen, word joiner, ...) read once as nothing
+    (``sh\u00adit``) and once as a word break (``bull\u2060shit``). Spans point into the text
+    as written.
+    """
 
     name = "blocklist"
 
@@ -242,20 +249,53 @@ class Blocklist:
         if not entries:
             raise ContentError("blocklist: holds no entries")
         self.words = tuple(dict.fromkeys(entries))
-        alternatives = sorted(self.words, key=len, reverse=True)
+        forms = {" ".join(displayed(w, format_as="")[0].split()) for w in self.words}
+        alternatives = sorted(forms - {""}, key=len, reverse=True)
         body = "|".join(r"\s+".join(re.escape(part) for part in w.split()) for w in alternatives)
         self._pattern = re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
 
     def __call__(self, piece: GeneratedPiece) -> list[Finding]:
         findings = []
         for name in TEXT_FIELDS:
-            for match in self._pattern.finditer(getattr(piece, name)):
-                word = match.group(0)
+            text = getattr(piece, name)
+            spans: set[tuple[int, int]] = set()
+            for format_as in ("", " "):
+                shown, starts, ends = displayed(text, format_as=format_as)
+                for match in self._pattern.finditer(shown):
+                    spans.add((starts[match.start()], ends[match.end() - 1]))
+            for start, end in sorted(spans):
+                if any(a <= start and end <= b and (a, b) != (start, end) for a, b in spans):
+                    continue  # "shit" inside a matched "bull\u2060shit"
+                word = displayed(text[start:end], format_as="")[0]
                 masked = word[0] + "*" * (len(word) - 1)
                 findings.append(
-                    Finding(self.name, False, f"blocked term {masked!r}", name, match.span())
+                    Finding(self.name, False, f"blocked term {masked!r}", name, (start, end))
                 )
         return findings or [Finding(self.name, True, f"none of {len(self.words)} terms found")]
+
+
+def displayed(text: str, *, format_as: str = "") -> tuple[str, list[int], list[int]]:
+    """``text`` as it displays, for matching: NFKC-normalised, each format character (Cf)
+    replaced by ``format_as``; with, per character of the result, the ``[start, end)`` of the
+    characters of ``text`` it comes from."""
+    out: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    i = 0
+    while i < len(text):
+        j = i + 1  # a character and the combining marks after it normalise together
+        while j < len(text) and unicodedata.combining(text[j]):
+            j += 1
+        if unicodedata.category(text[i]) == "Cf":
+            piece, j = format_as, i + 1
+        else:
+            piece = unicodedata.normalize("NFKC", text[i:j])
+            piece = "".join(ch for ch in piece if unicodedata.category(ch) != "Cf")
+        out.append(piece)
+        starts.extend([i] * len(piece))
+        ends.extend([j] * len(piece))
+        i = j
+    return "".join(out), starts, ends
 
 
 # ------------------------------------------------------------------------------ toxicity
@@ -554,12 +594,13 @@ def _attribute_values(record: ItemRecord, attribute: str) -> set[str]:
 # ------------------------------------------------------------------------------ near duplicates
 @dataclass(frozen=True, slots=True)
 class CorpusEntry:
-    """A stored piece that new pieces must not repeat."""
+    """A stored piece that new pieces must not repeat (``kind`` None: not known)."""
 
     content_id: str
     text: str
     items: tuple[str, ...] = ()
     status: str = "pending"
+    kind: str | None = None
 
 
 Corpus = Callable[[], Iterable[CorpusEntry]]
@@ -586,7 +627,10 @@ class NearDuplicate:
 
     Exact Jaccard against every entry of ``corpus`` (the queue's pending and approved pieces):
     cheap for the hundreds of pieces a review queue holds; a piece is never compared with
-    itself (same ``content_id``).
+    itself (same ``content_id``). Item sets are compared only between pieces of one kind (a
+    concept's inspirations are not a collection), and never with the piece's ``companion``
+    (``provenance["companion"]``: the collection a concept was made alongside, whose first
+    items it cites, or that concept); their texts still are.
     """
 
     name = "near_duplicate"
@@ -615,6 +659,7 @@ class NearDuplicate:
 
     def __call__(self, piece: GeneratedPiece) -> list[Finding]:
         mine = shingles(piece.text(), self.shingle)
+        companion = piece.provenance.get("companion")
         findings = []
         compared = 0
         for entry in self._corpus():
@@ -622,7 +667,12 @@ class NearDuplicate:
                 continue
             compared += 1
             text_sim = jaccard(mine, shingles(entry.text, self.shingle))
-            item_sim = jaccard(piece.items, entry.items) if piece.items and entry.items else 0.0
+            same_kind = entry.kind is None or entry.kind == piece.kind
+            item_sim = (
+                jaccard(piece.items, entry.items)
+                if piece.items and entry.items and same_kind and entry.content_id != companion
+                else 0.0
+            )
             if text_sim >= self.threshold:
                 findings.append(
                     Finding(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ class LLMReranker:
         self.fusion: Fusion = fusion
         self.history_len = history_len
         self._prior: OrderedDict[str, float] = OrderedDict()
+        self._prior_lock = threading.Lock()  # the service re-ranks from several threads
 
     # -- prompts ----------------------------------------------------------------------
     def messages(self, history_titles: Sequence[str]) -> list[Message]:
@@ -169,7 +171,10 @@ class LLMReranker:
                     f"LLM re-ranking unavailable: backend {self.generator.name!r} cannot "
                     f"score ({exc})"
                 ) from exc
-            values = np.asarray(got, dtype=np.float64)
+            try:
+                values = np.asarray(got, dtype=np.float64)
+            except (TypeError, ValueError):
+                values = np.full(0, np.nan)
             if values.shape != (len(batch),) or not np.isfinite(values).all():
                 raise RerankError(
                     f"LLM re-ranking unavailable: backend {self.generator.name!r} returned "
@@ -181,15 +186,17 @@ class LLMReranker:
 
     def _prior_scores(self, titles: Sequence[str]) -> np.ndarray:
         """History-free scores of ``titles``, from the cache where possible."""
-        missing = list(dict.fromkeys(t for t in titles if t not in self._prior))
-        if missing:
-            for title, value in zip(
-                missing, self._score(self.neutral_messages(), missing), strict=True
-            ):
-                self._prior[title] = float(value)
-            while len(self._prior) > _PRIOR_CACHE:
-                self._prior.popitem(last=False)
-        return np.array([self._prior[t] for t in titles], dtype=np.float64)
+        with self._prior_lock:
+            known = {t: self._prior[t] for t in titles if t in self._prior}
+        missing = list(dict.fromkeys(t for t in titles if t not in known))
+        if missing:  # scored outside the lock: another thread may score the same titles
+            scored = self._score(self.neutral_messages(), missing)
+            with self._prior_lock:
+                for title, value in zip(missing, scored, strict=True):
+                    self._prior[title] = known[title] = float(value)
+                while len(self._prior) > _PRIOR_CACHE:
+                    self._prior.popitem(last=False)
+        return np.array([known[t] for t in titles], dtype=np.float64)
 
     def raw_scores(
         self,

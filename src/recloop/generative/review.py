@@ -422,12 +422,13 @@ class ReviewQueue:
             generated_content.c.description,
             generated_content.c["items"],  # .c.items is the collection's items() method
             generated_content.c.status,
+            generated_content.c.kind,
         ).where(generated_content.c.status.in_([_status(s) for s in statuses]))
         with self.store.transaction(write=False) as conn:
             rows = conn.execute(query).all()
         return [
-            CorpusEntry(cid, f"{title}\n{description}", tuple(json.loads(items)), status)
-            for cid, title, description, items, status in rows
+            CorpusEntry(cid, f"{title}\n{description}", tuple(json.loads(items)), status, kind)
+            for cid, title, description, items, status, kind in rows
         ]
 
     def forget_user(self, user_id: str) -> int:

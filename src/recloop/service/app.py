@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import asdict
@@ -19,6 +20,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -361,7 +363,9 @@ def _add_routes(app: FastAPI) -> None:
         """
         # Runs on the event loop, not in the thread pool: its store reads and model call take
         # about a millisecond, and one request at a time per worker keeps the latency tail
-        # short (threads would only contend for the GIL).
+        # short (threads would only contend for the GIL). The LLM re-rank is the exception:
+        # it waits seconds on a model server or a local forward pass, so it goes to the
+        # thread pool and the worker keeps answering meanwhile.
         state = service_state(request)
         state.owners.check(principal, user_id)  # cached: no store read per request
         model = _model(state)
@@ -393,7 +397,9 @@ def _add_routes(app: FastAPI) -> None:
             )
         rerank_status = "none"
         if rerank == "llm":
-            final, rerank_status = _llm_rerank(state, user_id, history, final)
+            final, rerank_status = await run_in_threadpool(
+                _llm_rerank, state, user_id, history, final
+            )
         final = final[:n]
         record = _slate_record(slate_id, user_id, model.version, segment, final, choice)
         state.slates.add(record)
@@ -891,6 +897,7 @@ def _candidates(
 
 
 LLM_RERANK_TOP_N = 20  # items the LLM re-orders when a request asks (rerank=llm)
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)  # hidden from fallback reasons
 
 
 def _llm_rerank(
@@ -921,7 +928,9 @@ def _llm_rerank(
         )
     except (GenerationError, RecloopError) as exc:
         log.warning("LLM re-ranking fell back to the blended order: %s", exc)
-        return candidates, f"fallback: {' '.join(str(exc).split())[:200]}"
+        # the backend's address is the operator's business, not the API caller's
+        reason = _URL.sub("<backend>", " ".join(str(exc).split()))
+        return candidates, f"fallback: {reason[:200]}"
     return reordered, "llm"
 
 

@@ -115,11 +115,18 @@ class ConversationAnswer(BaseModel):
 
 
 class ConversationTurnOut(BaseModel):
+    """One stored turn: the message, the items shown and the generated text, labelled."""
+
     message: str
     items: list[str]
-    text: str
+    text: str = Field(description="Generated text; it names only the turn's items.")
     constraints: dict[str, Any]
     follow_up: bool
+    backend: str | None = Field(
+        description="What wrote the text: 'template' or the LLM backend; null for turns "
+        "stored before the backend was kept."
+    )
+    generated: bool = Field(default=True, description="Always true: the text is generated.")
 
 
 class ConversationState(BaseModel):
@@ -343,7 +350,8 @@ def add_message(
 def get_conversation(
     conversation_id: PathId, request: Request, principal: Client
 ) -> ConversationState:
-    """A conversation's turns, the constraints now in force and every item shown."""
+    """A conversation's turns, the constraints now in force and every item shown. Each turn's
+    text is labelled ``generated`` with the ``backend`` that wrote it."""
     state = service_state(request)
     conversation, _ = _load(state, conversation_id, principal)
     return ConversationState(
@@ -356,6 +364,7 @@ def get_conversation(
                 text=t.text,
                 constraints=t.constraints.to_json(),
                 follow_up=t.follow_up,
+                backend=t.backend,
             )
             for t in conversation.turns
         ],

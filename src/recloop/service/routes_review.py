@@ -9,6 +9,7 @@ pieces ever become candidates (:func:`generated_source`).
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -22,6 +23,8 @@ from pydantic import (
 )
 
 from recloop.generative.content import ContentConfig, GeneratedSource, default_generator, fill_gaps
+from recloop.generative.llm import GenerationError
+from recloop.generative.openai_chat import BackendUnavailable
 from recloop.generative.quality import QualityConfig
 from recloop.generative.review import (
     AuditEntry,
@@ -35,6 +38,7 @@ from recloop.service.deps import AUTH_RESPONSES, Admin, PathId, service_state
 from recloop.service.state import ServiceState
 
 router = APIRouter(tags=["review"])
+log = logging.getLogger(__name__)
 
 QUEUE_KEY = "generative.review_queue"
 SOURCE_KEY = "generative.generated_source"
@@ -209,6 +213,37 @@ def _decide(action: Any, *args: Any, **kwargs: Any) -> ReviewedPiece:
     return result
 
 
+def _generator_failed(generator: Any, exc: GenerationError) -> HTTPException:
+    """The HTTP error for a text generator failure: logged in full, answered without the
+    backend's address (an internal URL is no business of the API's callers)."""
+    backend = str(getattr(generator, "name", "the text generator"))
+    log.warning("content generation failed (%s): %s", backend, exc)
+    if _caused_by(exc, BackendUnavailable):
+        return HTTPException(
+            503,
+            f"the text generator (backend {backend!r}) is unavailable: it could not be "
+            "reached, timed out or is overloaded; try again later",
+        )
+    return HTTPException(
+        502,
+        f"the text generator (backend {backend!r}) failed: it refused the request or gave an "
+        "answer that could not be used; the server log has the details",
+    )
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` or an exception it was raised from (content wraps the backend's
+    error to name the piece) is a ``kind``."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # a cause chain is short; the bound guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 # ------------------------------------------------------------------------------ routes
 @router.get("/v1/review", response_model=ReviewList, responses=AUTH_RESPONSES)
 def list_pieces(
@@ -235,11 +270,22 @@ def list_pieces(
 @router.post(
     "/v1/review/generate",
     response_model=GenerateOut,
-    responses={**AUTH_RESPONSES, 503: {"description": "No model version is active"}},
+    responses={
+        **AUTH_RESPONSES,
+        502: {"description": "The text generator failed (an unusable answer or a refusal)"},
+        503: {
+            "description": "No model version is active, or the text generator is unreachable, "
+            "timed out or is overloaded"
+        },
+    },
 )
 def generate(body: GenerateIn, request: Request, _: Admin) -> GenerateOut:
     """Run gap analysis on the active model, write a collection (and, if asked, a new-item
-    concept) for each of the ``top`` worst-served segments, and submit them for review."""
+    concept) for each of the ``top`` worst-served segments, and submit them for review.
+
+    A failing text generator is the server's problem, not the caller's: 503 when it cannot
+    be reached, times out or is overloaded, 502 when it answers with something unusable. The
+    answer names the backend but not its address; the server log has the details."""
     from recloop.engine.gaps import GapConfig
 
     state = service_state(request)
@@ -250,21 +296,24 @@ def generate(body: GenerateIn, request: Request, _: Admin) -> GenerateOut:
     if generator is None:
         generator = state.extensions[GENERATOR_KEY] = default_generator()
     queue = review_queue(state)
-    report, submitted = fill_gaps(
-        state.store,
-        queue,
-        model.model,
-        items=model.items,
-        users=model.users,
-        model_version=model.version,
-        gap_config=GapConfig(n_segments=body.segments),
-        config=ContentConfig(
-            segments=body.top,
-            items_per_collection=body.items_per_collection,
-            concepts=body.concepts,
-        ),
-        generator=generator,
-    )
+    try:
+        report, submitted = fill_gaps(
+            state.store,
+            queue,
+            model.model,
+            items=model.items,
+            users=model.users,
+            model_version=model.version,
+            gap_config=GapConfig(n_segments=body.segments),
+            config=ContentConfig(
+                segments=body.top,
+                items_per_collection=body.items_per_collection,
+                concepts=body.concepts,
+            ),
+            generator=generator,
+        )
+    except GenerationError as exc:
+        raise _generator_failed(generator, exc) from None
     return GenerateOut(
         model_version=model.version,
         segments_analysed=len(report.segments),
