@@ -305,3 +305,69 @@ def test_llm_rerank_is_switchable_per_request_and_never_silent(
     )
     assert plain.headers["X-Recloop-Rerank"] == "none"
     assert [it["item_id"] for it in items] != [it["item_id"] for it in plain.json()["items"]]
+
+
+def _retraining_store(tmp_path: Path, n_events: int) -> tuple[Any, Any]:
+    from recloop.data.types import EventKind
+    from recloop.store.artifacts import ArtifactRegistry
+    from recloop.store.events import EventRecord, EventStore, ItemRecord
+
+    store = EventStore(f"sqlite:///{tmp_path}/events.db")
+    store.upsert_items([ItemRecord(item_id=f"i{j}") for j in range(6)])
+    store.add_events(
+        [
+            EventRecord(f"e{k}", f"u{k % 8}", f"i{k % 6}", EventKind.CLICK, 1000.0 + k)
+            for k in range(n_events)
+        ]
+    )
+    return store, ArtifactRegistry(tmp_path / "models")
+
+
+def test_an_erasure_during_a_retraining_fit_triggers_another_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recloop.service import bootstrap
+    from recloop.service.loop import Retrainer
+    from recloop.store.privacy import PrivacyLog
+
+    store, registry = _retraining_store(tmp_path, 24)
+    build = bootstrap.build_model
+
+    def erased_during_the_fit(name: str, config: Any) -> Any:
+        model = build(name, config)
+        fit = model.fit
+
+        def fit_then_erase(*args: Any, **kwargs: Any) -> Any:
+            fitted = fit(*args, **kwargs)
+            PrivacyLog(store).erase_user("u3", "test")  # DELETE /v1/users/u3 meanwhile
+            return fitted
+
+        model.fit = fit_then_erase
+        return model
+
+    monkeypatch.setattr(bootstrap, "build_model", erased_during_the_fit)
+    version = train_version(store, registry, "Popular", None, card=False)
+    assert "u3" in registry.user_ids(version)  # read before the erasure: still inside
+    assert Retrainer(store, registry).due(time.time()) == "erasure"
+
+
+def test_a_failed_retraining_run_is_retried_after_a_pause(tmp_path: Path) -> None:
+    from recloop.data.types import EventKind
+    from recloop.service.loop import Retrainer
+    from recloop.store.events import EventRecord
+    from recloop.store.slates import SlateLog
+
+    store, registry = _retraining_store(tmp_path, 20)
+    train_version(store, registry, "Popular", None, card=False)
+    retrainer = Retrainer(store, registry, every_s=3600, min_events=10, retry_s=120)
+    store.add_events(
+        [EventRecord(f"n{k}", f"u{k % 8}", "i1", EventKind.CLICK, 2000.0 + k) for k in range(12)]
+    )
+    now = time.time()
+    assert retrainer.due(now) == "volume"
+    log = SlateLog(store)
+    seq = log.claim_retrain("volume", store.count_events(), 3600)
+    assert seq is not None
+    log.finish_retrain(seq, status="failed", detail="OSError: disk full")
+    assert retrainer.due(now) is None  # no retry storm
+    assert retrainer.due(now + 121) == "volume"  # the new events are still not in the model

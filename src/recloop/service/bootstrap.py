@@ -136,6 +136,7 @@ def train_version(
 
     model_class(model_name)  # unknown names fail before the store is read
     privacy = PrivacyLog(store)
+    data_as_of = time.time()  # erasures from now on may miss the snapshot: see Retrainer.due
     data = interactions_from_store(store)
     model = build_model(model_name, config)
     split = make_split(data, "loo", seed=0)
@@ -148,6 +149,7 @@ def train_version(
         "config": model_config,
         "events": len(data),
         "train_seconds": round(seconds, 3),
+        "data_as_of": data_as_of,
     }
     if card:
         evaluation = holdout_metrics(model_name, model_config, model, split, stops_early)

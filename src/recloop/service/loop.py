@@ -362,8 +362,10 @@ class Retrainer:
         model: str | None = None,
         stale_s: float = 3600.0,
         prices_dir: Path | None = None,
+        retry_s: float = 120.0,
     ) -> None:
         self.store = store
+        self.retry_s = retry_s
         self.prices_dir = prices_dir
         self.log = SlateLog(store)
         self.privacy = PrivacyLog(store)
@@ -376,21 +378,27 @@ class Retrainer:
     def due(self, now: float) -> str | None:
         """``"erasure"``, ``"volume"``, ``"schedule"`` or None.
 
-        Erasure first: a user erased after the active version was trained is still inside
-        it, so the next check rebuilds. Volume and schedule count from the last run (or the
-        active version when there was none).
+        Erasure first: a user erased after the active version's training data was read
+        (``data_as_of``; erasures during its fit count too) is still inside it, so the next
+        check rebuilds. Volume and schedule count from the last successful run (or the
+        active version when there was none). After a failed run, nothing is due for
+        ``retry_s``, then every trigger is tried again.
         """
         active = self.registry.active()
         if active is None:
             return None
         info = self.registry.info(active)
-        if self.privacy.erased_since(info.created_at):
+        history = self.log.retrain_history(20)
+        if history and history[0].status == "failed" and now - history[0].started_at < self.retry_s:
+            return None
+        as_of = float(info.metadata.get("data_as_of", info.created_at))
+        if self.privacy.erased_since(as_of):
             return "erasure"
         if self.every_s <= 0 and self.min_events <= 0:
             return None
-        last = self.log.retrain_history(1)
-        if last:
-            since, seen = last[0].started_at, last[0].events
+        done = next((run for run in history if run.status == "done"), None)
+        if done is not None:
+            since, seen = done.started_at, done.events
         else:
             since, seen = info.created_at, int(info.metadata.get("events", 0))
         if self.min_events > 0 and self.store.count_events() - seen >= self.min_events:
