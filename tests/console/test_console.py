@@ -338,6 +338,25 @@ def test_recommend_then_feedback(console: Console, client: TestClient) -> None:
         data={"csrf_token": token, "user": "u1", "slate": slate_id, "item": item, "kind": "x"},
     )
     assert "feedback must be one of" in flash(answer.text)
+    # feedback answers this slate: its own user, an item it showed, a slate that exists
+    before = state.store.count_events()
+    for user, slate, shown, message in (
+        ("u2", slate_id, item, "belongs to another user"),
+        ("u1", slate_id, "not-shown", "did not show"),
+        ("u1", "0" * 32, item, "not in the slate log"),
+    ):
+        answer = client.post(
+            "/console/try/feedback",
+            data={
+                "csrf_token": token,
+                "user": user,
+                "slate": slate,
+                "item": shown,
+                "kind": "click",
+            },
+        )
+        assert message in flash(answer.text)
+    assert state.store.count_events() == before
 
 
 def test_create_a_user_and_chat(console: Console, client: TestClient) -> None:

@@ -525,6 +525,17 @@ async def recommend(request: Request, session: Session, form: Form) -> Response:
 FEEDBACK_KINDS = ("click", "like", "dislike", "purchase")
 
 
+def _check_shown(state: Any, slate_id: str, user_id: str, item_id: str) -> None:
+    """Feedback answers a slate: it must exist, be the user's and have shown the item."""
+    record = SlateLog(state.store).slate(slate_id)
+    if record is None:
+        raise FormError(f"slate {slate_id} is not in the slate log (not written yet, or erased)")
+    if record.user_id != user_id:
+        raise FormError(f"slate {slate_id} belongs to another user")
+    if item_id not in {imp.item_id for imp in record.items}:
+        raise FormError(f"slate {slate_id} did not show {item_id}")
+
+
 @router.post("/try/feedback")
 async def feedback(request: Request, session: Session, form: Form) -> Response:
     user = _field(form, "user")
@@ -537,6 +548,7 @@ async def feedback(request: Request, session: Session, form: Form) -> Response:
         kind = _field(form, "kind")
         if kind not in FEEDBACK_KINDS:
             raise FormError(f"feedback must be one of {', '.join(FEEDBACK_KINDS)}")
+        await run_in_threadpool(_check_shown, service_state(request), slate_id, user_id, item_id)
         event = {
             "event_id": f"console-{uuid.uuid4().hex}",
             "user_id": user_id,
