@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from recloop.errors import RecloopError
+from recloop.errors import RecloopError, one_line
 
 app = typer.Typer(
     name="recloop",
@@ -68,7 +68,7 @@ def user_errors(func: Callable[P, R]) -> Callable[P, R]:
 
 def os_error_text(exc: OSError) -> str:
     """``<file>: <reason>`` for an :class:`OSError` (``No such file or directory``...)."""
-    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    reason = exc.strerror or one_line(exc)
     names = [os.fsdecode(n) for n in (exc.filename, exc.filename2) if isinstance(n, str | bytes)]
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
@@ -423,7 +423,7 @@ def _fit_info(path: Path, train_hint: str) -> tuple[float, float]:
     except KeyError as exc:
         raise RecloopError(f"{path}: no {exc} field; {again}") from None
     except (OSError, ValueError, TypeError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = one_line(exc)
         raise RecloopError(f"{path}: damaged ({reason}); {again}") from None
 
 
@@ -808,7 +808,7 @@ def _built_on(report: Path) -> str | None:
     try:
         payload = json.loads(report.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = one_line(exc)
         raise RecloopError(f"{report}: damaged ({reason}); {rebuild}") from None
     if not isinstance(payload, dict):
         raise RecloopError(f"{report}: damaged (not a JSON object); {rebuild}")

@@ -9,6 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 class RecloopError(Exception):
     """Base class for errors caused by the user's input or environment, not by a bug."""
 

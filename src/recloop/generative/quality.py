@@ -39,7 +39,7 @@ from typing import Any, Literal, Protocol
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from recloop.errors import ConfigError, RecloopError
+from recloop.errors import ConfigError, RecloopError, one_line
 from recloop.store.events import EventStore, ItemRecord
 
 KINDS: tuple[str, ...] = ("collection", "concept")
@@ -200,7 +200,7 @@ class QualityGate:
             try:
                 found = list(check(piece))
             except Exception as exc:  # a broken check must not let a piece through
-                text = " ".join(str(exc).split()) or type(exc).__name__
+                text = one_line(exc)
                 found = [Finding(name, False, f"check failed to run: {text}")]
             findings.extend(found or [Finding(name, True, "nothing found")])
         return QualityReport(all(f.passed for f in findings), tuple(findings))

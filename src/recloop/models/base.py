@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from recloop.data.split import Split
 from recloop.data.types import Catalog, Exclusions, Interactions, Queries, Users
-from recloop.errors import ConfigError, RecloopError
+from recloop.errors import ConfigError, RecloopError, one_line
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -166,7 +166,7 @@ def read_artifact(path: Path, model: str) -> tuple[dict[str, Any], dict[str, np.
     except FileNotFoundError:
         raise RecloopError(f"{path}: no {MANIFEST}; not a recloop model directory") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecloopError(f"{path / MANIFEST}: unreadable ({_one_line(exc)})") from None
+        raise RecloopError(f"{path / MANIFEST}: unreadable ({one_line(exc)})") from None
     if not isinstance(manifest, dict):
         raise RecloopError(
             f"{path / MANIFEST}: must be a JSON object, not {type(manifest).__name__}"
@@ -182,12 +182,8 @@ def read_artifact(path: Path, model: str) -> tuple[dict[str, Any], dict[str, np.
             f"{path / WEIGHTS}: missing; the model directory is incomplete"
         ) from None
     except (OSError, SafetensorError) as exc:
-        raise RecloopError(f"{path / WEIGHTS}: unreadable ({_one_line(exc)})") from None
+        raise RecloopError(f"{path / WEIGHTS}: unreadable ({one_line(exc)})") from None
     return manifest, arrays
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @contextmanager
@@ -201,7 +197,7 @@ def loading(path: Path) -> Iterator[None]:
     except KeyError as exc:
         raise RecloopError(f"{path}: damaged model artifact: {exc} is missing") from None
     except (ValueError, TypeError, IndexError, RuntimeError) as exc:
-        raise RecloopError(f"{path}: damaged model artifact ({_one_line(exc)})") from None
+        raise RecloopError(f"{path}: damaged model artifact ({one_line(exc)})") from None
 
 
 POPULAR_SOURCE = "popular"

@@ -24,23 +24,16 @@ class Popular(ScoringRecommender):
     config: PopularConfig
 
     def _fit(self, train: Interactions, catalog: Catalog | None, users: Users | None) -> None:
+        # the configured count is the popularity: empty histories get the same list
         if self.config.count == "interactions":
-            self.counts_ = np.bincount(train.item, minlength=train.n_items).astype(np.float32)
-        else:
-            self.counts_ = self.popularity_.copy()
+            self.popularity_ = np.bincount(train.item, minlength=train.n_items).astype(np.float32)
 
     def _score(self, queries: Queries) -> np.ndarray:
-        return np.broadcast_to(self.counts_, (len(queries), self.n_items_)).copy()
-
-    def score(self, queries: Queries) -> np.ndarray:
-        """The configured counts for every query: an empty history gets them too, not the
-        distinct-user popularity the base class fills in, so everyone gets one list."""
-        scores = super().score(queries)
-        scores[queries.history_lengths() == 0] = self.counts_
-        return scores
+        return np.broadcast_to(self.popularity_, (len(queries), self.n_items_)).copy()
 
     def _state(self) -> dict[str, np.ndarray]:
-        return {"counts": self.counts_}
+        return {}
 
     def _set_state(self, arrays: dict[str, np.ndarray], manifest: dict[str, object]) -> None:
-        self.counts_ = arrays["counts"]
+        if "counts" in arrays:  # artifacts saved before the count was the popularity itself
+            self.popularity_ = arrays["counts"]

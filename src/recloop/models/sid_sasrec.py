@@ -14,7 +14,6 @@ what it shares with known items, not by an untrained ID vector.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,46 +23,16 @@ import torch
 from pydantic import Field
 
 from recloop.data.types import Catalog, Interactions, Users
-from recloop.errors import RecloopError
 from recloop.models.base import ModelConfig, require_catalog
 from recloop.models.sasrec import SASRec, SASRecConfig, SASRecNet
-from recloop.semantic_ids.build import CODES, SemanticIdConfig, SemanticIds
-
-SEMANTIC_IDS_DIR = "semantic_ids"
-SEMANTIC_IDS_KEY = "semantic_id_codes"  # manifest entry: {"count": …, "sha256": …}
-
-
-def semantic_ids_record(sids: SemanticIds) -> dict[str, Any]:
-    """The manifest entry that ties a model to its Semantic IDs: code count and SHA-256.
-
-    The hash is over the codes as row-major little-endian int64, so it does not depend on how
-    the array was stored.
-    """
-    codes = np.ascontiguousarray(sids.codes, dtype="<i8")
-    return {"count": len(codes), "sha256": hashlib.sha256(codes.tobytes()).hexdigest()}
-
-
-def check_semantic_ids(sids: SemanticIds, n_items: int, record: dict[str, Any] | None) -> None:
-    """Refuse Semantic IDs that are not the ones the model was saved with: their count must
-    be ``n_items``, and their hash the manifest's ``record`` when it has one (artifacts saved
-    before the hash was recorded carry none). The error names the codes file inside the model
-    directory; the model's ``load`` prefixes the directory."""
-    codes = f"{SEMANTIC_IDS_DIR}/{CODES}"
-    if len(sids.codes) != n_items:
-        raise RecloopError(
-            f"{codes}: Semantic IDs for {len(sids.codes)} items, the model has {n_items}; "
-            f"the {SEMANTIC_IDS_DIR}/ folder belongs to another model"
-        )
-    if record is None:
-        return
-    expected = semantic_ids_record(sids)
-    if record != expected:
-        recorded = record.get("sha256") if isinstance(record, dict) else record
-        raise RecloopError(
-            f"{codes}: not the Semantic IDs the model was saved with (SHA-256 "
-            f"{expected['sha256'][:12]}, the manifest records {str(recorded)[:12]}); the "
-            f"{SEMANTIC_IDS_DIR}/ folder belongs to another fit"
-        )
+from recloop.semantic_ids.build import (
+    SEMANTIC_IDS_DIR,
+    SEMANTIC_IDS_KEY,
+    SemanticIdConfig,
+    SemanticIds,
+    check_semantic_ids,
+    semantic_ids_record,
+)
 
 
 class SIDSASRecConfig(SASRecConfig):

@@ -44,14 +44,15 @@ from recloop.models.base import (
 )
 from recloop.models.neural import NeuralConfig, train_network
 from recloop.models.sasrec import last_items, owned_training_windows
-from recloop.models.sid_sasrec import (
+from recloop.models.tiger_net import TigerNet, user_buckets
+from recloop.semantic_ids.build import (
     SEMANTIC_IDS_DIR,
     SEMANTIC_IDS_KEY,
+    SemanticIdConfig,
+    SemanticIds,
     check_semantic_ids,
     semantic_ids_record,
 )
-from recloop.models.tiger_net import TigerNet, user_buckets
-from recloop.semantic_ids.build import SemanticIdConfig, SemanticIds
 from recloop.semantic_ids.trie import Blocked, PrefixTrie
 from recloop.training import (
     BatchFactory,

@@ -9,17 +9,18 @@ Suffixes go to fitted items first, so a cold item never changes a warm item's ID
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from recloop.data.types import Catalog
-from recloop.errors import ConfigError, RecloopError
+from recloop.errors import ConfigError, RecloopError, one_line
 from recloop.semantic_ids.embed import (
     EmbedderConfig,
     ItemTextBuilder,
@@ -177,7 +178,7 @@ class SemanticIds:
         except FileNotFoundError:
             raise RecloopError(f"{path}: no {MANIFEST}; not a Semantic-ID directory") from None
         except (OSError, ValueError) as exc:
-            raise RecloopError(f"{where}: unreadable ({_one_line(exc)})") from None
+            raise RecloopError(f"{where}: unreadable ({one_line(exc)})") from None
         if not isinstance(manifest, dict):
             raise RecloopError(f"{where}: must be a JSON object")
         if manifest.get("format_version") != FORMAT_VERSION:
@@ -193,11 +194,11 @@ class SemanticIds:
             field = ".".join(("config", *(str(p) for p in err["loc"])))
             raise RecloopError(f"{where}: field '{field}': {err['msg']}") from None
         except (TypeError, ValueError) as exc:
-            raise RecloopError(f"{where}: field 'vocab': {_one_line(exc)}") from None
+            raise RecloopError(f"{where}: field 'vocab': {one_line(exc)}") from None
         try:
             codes = np.load(path / CODES, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
-            raise RecloopError(f"{path / CODES}: unreadable ({_one_line(exc)})") from None
+            raise RecloopError(f"{path / CODES}: unreadable ({one_line(exc)})") from None
         if (
             codes.ndim != 2
             or codes.shape[1] != len(vocab)
@@ -214,11 +215,43 @@ class SemanticIds:
         except RecloopError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RecloopError(
-                f"{path}: damaged embedder or tokenizer ({_one_line(exc)})"
-            ) from None
+            raise RecloopError(f"{path}: damaged embedder or tokenizer ({one_line(exc)})") from None
         return cls(config, embedder, tokenizer, codes, vocab)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+# ------------------------------------------------------------ the Semantic IDs a model holds
+SEMANTIC_IDS_DIR = "semantic_ids"  # the folder a model keeps its Semantic IDs in
+SEMANTIC_IDS_KEY = "semantic_id_codes"  # manifest entry: {"count": …, "sha256": …}
+
+
+def semantic_ids_record(sids: SemanticIds) -> dict[str, Any]:
+    """The manifest entry that ties a model to its Semantic IDs: code count and SHA-256.
+
+    The hash is over the codes as row-major little-endian int64, so it does not depend on how
+    the array was stored.
+    """
+    codes = np.ascontiguousarray(sids.codes, dtype="<i8")
+    return {"count": len(codes), "sha256": hashlib.sha256(codes.tobytes()).hexdigest()}
+
+
+def check_semantic_ids(sids: SemanticIds, n_items: int, record: dict[str, Any] | None) -> None:
+    """Refuse Semantic IDs that are not the ones the model was saved with: their count must
+    be ``n_items``, and their hash the manifest's ``record`` when it has one (artifacts saved
+    before the hash was recorded carry none). The error names the codes file inside the model
+    directory; the model's ``load`` prefixes the directory."""
+    codes = f"{SEMANTIC_IDS_DIR}/{CODES}"
+    if len(sids.codes) != n_items:
+        raise RecloopError(
+            f"{codes}: Semantic IDs for {len(sids.codes)} items, the model has {n_items}; "
+            f"the {SEMANTIC_IDS_DIR}/ folder belongs to another model"
+        )
+    if record is None:
+        return
+    expected = semantic_ids_record(sids)
+    if record != expected:
+        recorded = record.get("sha256") if isinstance(record, dict) else record
+        raise RecloopError(
+            f"{codes}: not the Semantic IDs the model was saved with (SHA-256 "
+            f"{expected['sha256'][:12]}, the manifest records {str(recorded)[:12]}); the "
+            f"{SEMANTIC_IDS_DIR}/ folder belongs to another fit"
+        )

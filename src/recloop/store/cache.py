@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from recloop.errors import RecloopError
+from recloop.errors import RecloopError, one_line
 
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_TTL_S = 3600.0
@@ -105,7 +105,7 @@ def mask_url(url: str) -> str:
 
 
 def _one_line(exc: BaseException, secret: str | None = None) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc)
     return text.replace(secret, "***") if secret else text
 
 

@@ -29,7 +29,7 @@ from alembic.util import CommandError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from recloop.data.types import Catalog, EventKind
-from recloop.errors import RecloopError
+from recloop.errors import RecloopError, one_line
 from recloop.store.schema import api_keys, events, items, tombstones, user_owners, users
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -174,7 +174,7 @@ class EventStore:
         try:
             self._engine = _create_engine(self._url, pool_size)
         except (sa.exc.ArgumentError, ImportError) as exc:
-            raise StoreError(f"cannot open event store {self.url}: {_one_line(exc)}") from exc
+            raise StoreError(f"cannot open event store {self.url}: {one_line(exc)}") from exc
         # Writes on SQLite take the write lock at BEGIN (see _sqlite_begin).
         self._writer = self._engine.execution_options(recloop_begin="IMMEDIATE")
         # Reads are single statements: on SQLite each is its own snapshot, no BEGIN needed.
@@ -627,9 +627,7 @@ class EventStore:
             try:
                 command.upgrade(config, "head")
             except CommandError as exc:  # e.g. a database migrated by a newer recloop
-                raise StoreError(
-                    f"cannot migrate event store {self.url}: {_one_line(exc)}"
-                ) from exc
+                raise StoreError(f"cannot migrate event store {self.url}: {one_line(exc)}") from exc
 
     def guard_against_erasure(self, conn: sa.Connection, *, exclusive: bool = False) -> None:
         """Serialise writes about users with erasures (PostgreSQL; SQLite's write lock already
@@ -661,7 +659,7 @@ class EventStore:
                     yield conn
         except (sa.exc.OperationalError, sa.exc.DataError) as exc:
             # DataError: a value the database refuses, e.g. PostgreSQL and a NUL character
-            reason = _one_line(exc.orig if exc.orig is not None else exc)
+            reason = one_line(exc.orig if exc.orig is not None else exc)
             if self._url.password:
                 reason = reason.replace(str(self._url.password), "***")
             raise StoreError(f"event store {self.url}: {reason}") from exc
@@ -731,17 +729,13 @@ def _sqlite_begin(conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _to_json(value: dict[str, Any], what: str) -> str:
     if not isinstance(value, dict):
         raise StoreError(f"{what} must be a JSON object, not {type(value).__name__}")
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"{what} are not JSON: {_one_line(exc)}") from exc
+        raise StoreError(f"{what} are not JSON: {one_line(exc)}") from exc
 
 
 _EVENT_COLUMNS = (
